@@ -1,0 +1,85 @@
+"""Checkpoints as state_dict + metadata, loaded with weights_only=True.
+
+A pruned model is stored as state_dict + plan and rebuilt (baseline architecture -> physical
+pruning by the plan -> load weights), never unpickled as a module.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from gaprune.errors import GapruneError
+from gaprune.io import atomic_torch_save
+from gaprune.models import build_model
+from gaprune.plan import Plan
+
+BASELINE = "gaprune-baseline"
+PRUNED = "gaprune-pruned"
+
+
+def model_from_meta(meta: dict[str, Any]) -> nn.Module:
+    spec, data = meta["model"], meta["data"]
+    return build_model(spec["name"], data["num_classes"], data["in_channels"], data["image_size"], **dict(spec.get("kwargs") or {}))
+
+
+def example_input(meta: dict[str, Any]) -> torch.Tensor:
+    data = meta["data"]
+    return torch.zeros(1, data["in_channels"], data["image_size"], data["image_size"])
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], plan: Plan | None = None) -> None:
+    payload = {
+        "format": PRUNED if plan is not None else BASELINE,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
+    if plan is not None:
+        payload["plan"] = plan.to_json()
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | Path, hint: str = "") -> dict[str, Any]:
+    """Load and validate a gaprune checkpoint file (no code is ever unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GapruneError(f"checkpoint '{path}' not found{'; ' + hint if hint else ''}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise GapruneError(
+            f"refusing to load '{path}': it is not a plain weights file ({str(err).splitlines()[0]}); "
+            "re-create it with gaprune (train.py / finetune.py)"
+        ) from None
+    except Exception as err:  # truncated or foreign files
+        raise GapruneError(f"checkpoint '{path}' is corrupt or not a torch file ({type(err).__name__}); delete it and re-create it") from None
+    if not isinstance(payload, dict) or payload.get("format") not in (BASELINE, PRUNED) or "state_dict" not in payload:
+        raise GapruneError(f"'{path}' is not a gaprune checkpoint (no format/state_dict); re-create it with train.py")
+    return payload
+
+
+def load_model(path: str | Path, expect_model: str | None = None, hint: str = "") -> tuple[nn.Module, dict[str, Any], Plan | None]:
+    """Rebuild a baseline or pruned model from its checkpoint; returns (model, meta, plan)."""
+    from gaprune.units import discover_units, prune_model
+
+    payload = read_checkpoint(path, hint)
+    meta = payload["meta"]
+    if expect_model is not None and meta["model"]["name"] != expect_model:
+        raise GapruneError(
+            f"checkpoint '{path}' holds a {meta['model']['name']} but model={expect_model} was asked for; "
+            "point at the right checkpoint or change model="
+        )
+    model = model_from_meta(meta)
+    plan = None
+    if payload["format"] == PRUNED:
+        plan = Plan.from_json(payload["plan"])
+        units = discover_units(model, example_input(meta), include_linear=meta["model"].get("include_linear", False))
+        model = prune_model(model, units, plan, example_input(meta))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        raise GapruneError(f"checkpoint '{path}' does not fit model {meta['model']['name']}: {str(err).splitlines()[0]}") from None
+    return model.eval(), meta, plan

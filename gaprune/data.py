@@ -1,0 +1,326 @@
+"""Datasets as in-memory tensors plus a tensor loader.
+
+Small image datasets fit in memory (CIFAR-10 is 150 MB as uint8), so whole splits live on
+the device and batches are sliced there: no DataLoader workers, no per-sample PIL transforms,
+and the same seeded batches on CPU and GPU. torchvision is imported lazily (~2.5 s).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from gaprune.errors import GapruneError
+from gaprune.registry import Registry
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TensorSplit:
+    """One split: x (N,C,H,W) uint8 or float32 in [0,1], y (N,) int64."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, idx: torch.Tensor) -> "TensorSplit":
+        return TensorSplit(self.x[idx], self.y[idx])
+
+
+@dataclass
+class DataBundle:
+    """All splits plus what models and loaders need to know about them."""
+
+    train: TensorSplit
+    val: TensorSplit
+    test: TensorSplit
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    name: str
+    hflip: bool = False  # horizontal flips are label-preserving (CIFAR), not for digits
+    crop_padding: int = 4  # zero padding of the random-crop augmentation
+
+
+@dataclass
+class _Raw:
+    """What a registered loader returns: the official train/test splits plus metadata."""
+
+    train: TensorSplit
+    test: TensorSplit
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool
+    crop_padding: int
+
+
+DATASETS: Registry[Callable[[str, bool], _Raw]] = Registry("dataset")
+
+
+def _shared_prepare_script() -> str:
+    """Where prepare.py probably is, relative to the working directory when possible."""
+    base = os.environ.get("GAPRUNE_SHARED_DATA")
+    script = (Path(base) if base else Path(__file__).resolve().parents[2] / "shared" / "data")
+    script = script / "prepare.py"
+    if not script.exists():
+        return "prepare.py"
+    try:
+        return os.path.relpath(script)
+    except ValueError:
+        return str(script)
+
+
+def _not_found(name: str, data_dir: str, download: bool, err: Exception) -> GapruneError:
+    if download:
+        return GapruneError(
+            f"{name} could not be downloaded into '{data_dir}' ({err}); without internet use "
+            f"download=false and prepare it with: python {_shared_prepare_script()} {name} "
+            f"--root {data_dir}"
+        )
+    extra = " --archive cifar100-images.zip" if name == "cifar100" else ""
+    return GapruneError(
+        f"{name} not found under '{data_dir}' (download=false). Prepare it with: "
+        f"python {_shared_prepare_script()} {name} --root {data_dir}{extra}   "
+        "(or set dataset.download=true where there is internet)"
+    )
+
+
+def _stratified_order(y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random order whose every prefix is (nearly) class-balanced.
+
+    Each sample gets its rank inside its class (after a seeded shuffle) divided by the
+    class size; sorting by that quantile interleaves classes in proportion.
+    """
+    n = y.shape[0]
+    perm = torch.randperm(n, generator=generator)
+    ys = y[perm]
+    counts = torch.bincount(ys).double()
+    by_class = torch.sort(ys, stable=True).indices
+    rank = torch.empty(n, dtype=torch.float64)
+    starts = torch.cumsum(counts, 0) - counts
+    rank[by_class] = torch.arange(n, dtype=torch.float64) - starts[ys[by_class]]
+    quantile = (rank + 0.5) / counts[ys]
+    return perm[torch.sort(quantile, stable=True).indices]
+
+
+def _check_limit(label: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise GapruneError(f"{label}={value!r} must be a positive integer or null")
+
+
+def load_dataset(name: str, data_dir: str = "data", download: bool = False,
+                 val_fraction: float = 0.1, seed: int = 0, train_limit: int | None = None,
+                 test_limit: int | None = None) -> DataBundle:
+    """Load a dataset with a validation split held out of train (test is never used for
+    selection). `train_limit` caps the training pool *before* the validation hold-out, so
+    train+val == train_limit; subsets and the split are stratified and seeded."""
+    if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction <= 0.5:
+        raise GapruneError(f"val_fraction={val_fraction!r} must be in (0, 0.5]")
+    _check_limit("train_limit", train_limit)
+    _check_limit("test_limit", test_limit)
+    raw = DATASETS.get(name)(str(data_dir), bool(download))
+    gen = torch.Generator().manual_seed(int(seed))
+    pool, test = raw.train, raw.test
+    if train_limit is not None and train_limit < len(pool):
+        pool = pool.subset(_stratified_order(pool.y, gen)[:train_limit])
+    if test_limit is not None and test_limit < len(test):
+        test = test.subset(_stratified_order(test.y, gen)[:test_limit])
+    n_val = round(val_fraction * len(pool))
+    if n_val < 1 or n_val >= len(pool):
+        raise GapruneError(
+            f"val_fraction={val_fraction} of {len(pool)} training samples leaves an empty "
+            "split; raise train_limit or change val_fraction"
+        )
+    order = _stratified_order(pool.y, gen)
+    val, train = pool.subset(order[:n_val]), pool.subset(order[n_val:])
+    return DataBundle(
+        train=train, val=val, test=test, num_classes=raw.num_classes,
+        in_channels=int(train.x.shape[1]), image_size=int(train.x.shape[-1]),
+        mean=raw.mean, std=raw.std, name=name, hflip=raw.hflip, crop_padding=raw.crop_padding,
+    )
+
+
+@DATASETS.register("digits")
+def _load_digits(data_dir: str, download: bool) -> _Raw:
+    """scikit-learn's bundled 8x8 digits, upsampled once to 32x32 so LeNet-5 fits; a fixed
+    stratified 20% test split (random_state=0) independent of the run seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).clamp_(0, 1)
+    y = torch.as_tensor(digits.target, dtype=torch.int64)
+    tr, te = train_test_split(torch.arange(len(y)).numpy(), test_size=0.2, random_state=0,
+                              stratify=y.numpy())
+    tr, te = torch.as_tensor(tr), torch.as_tensor(te)
+    mean, std = x[tr].mean().item(), x[tr].std().item()
+    return _Raw(TensorSplit(x[tr].contiguous(), y[tr]), TensorSplit(x[te].contiguous(), y[te]),
+                10, (mean,), (std,), hflip=False, crop_padding=2)
+
+
+@DATASETS.register("mnist")
+def _load_mnist(data_dir: str, download: bool) -> _Raw:
+    """MNIST padded by 2 px of zeros to 32x32 (classic LeNet-5 geometry)."""
+    from torchvision.datasets import MNIST
+
+    splits = []
+    for train in (True, False):
+        try:
+            ds = MNIST(data_dir, train=train, download=download)
+        except (RuntimeError, OSError) as err:
+            raise _not_found("mnist", data_dir, download, err) from None
+        x = F.pad(ds.data.unsqueeze(1), (2, 2, 2, 2)).contiguous()
+        splits.append(TensorSplit(x, ds.targets.to(torch.int64)))
+    return _Raw(splits[0], splits[1], 10, MNIST_MEAN, MNIST_STD, hflip=False, crop_padding=2)
+
+
+def _load_cifar(name: str, data_dir: str, download: bool, num_classes: int,
+                mean: Sequence[float], std: Sequence[float]) -> _Raw:
+    """CIFAR via torchvision; offline files rebuilt by prepare.py have other md5s, so
+    download=False uses a subclass that only checks that the files exist."""
+    import pickle
+
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    official = CIFAR10 if name == "cifar10" else CIFAR100
+    cls = official
+    if not download:
+        cls = type(f"{official.__name__}Local", (official,), {
+            "train_list": [[f, None] for f, _ in official.train_list],
+            "test_list": [[f, None] for f, _ in official.test_list],
+            "meta": {**official.meta, "md5": None},
+        })
+    splits = []
+    for train in (True, False):
+        try:
+            ds = cls(data_dir, train=train, download=download)
+        except (RuntimeError, OSError) as err:
+            raise _not_found(name, data_dir, download, err) from None
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+            raise GapruneError(
+                f"{name} files under '{data_dir}' are unreadable ({type(err).__name__}: {err}); "
+                f"delete them and prepare again with: python {_shared_prepare_script()} {name} "
+                f"--root {data_dir}"
+            ) from None
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits.append(TensorSplit(x, torch.as_tensor(ds.targets, dtype=torch.int64)))
+    return _Raw(splits[0], splits[1], num_classes, tuple(mean), tuple(std), hflip=True,
+                crop_padding=4)
+
+
+for _name, _classes, _mean, _std in (("cifar10", 10, CIFAR10_MEAN, CIFAR10_STD),
+                                     ("cifar100", 100, CIFAR100_MEAN, CIFAR100_STD)):
+    DATASETS.register(_name)(
+        functools.partial(_load_cifar, _name, num_classes=_classes, mean=_mean, std=_std))
+
+
+class TensorLoader:
+    """Batches `(x, y)` from a device-resident split; x is float32, normalised.
+
+    Each `__iter__` is one epoch; shuffling and augmentation draw from a CPU generator
+    seeded by (seed, epoch), so the batch sequence is reproducible and device-independent.
+    """
+
+    def __init__(self, split: TensorSplit, batch_size: int, mean: Sequence[float],
+                 std: Sequence[float], shuffle: bool = False, augment: bool = False,
+                 device: str | torch.device = "cpu", seed: int = 0, drop_last: bool = False,
+                 hflip: bool = False, crop_padding: int = 4) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise GapruneError(f"batch_size={batch_size!r} must be a positive integer")
+        channels = split.x.shape[1]
+        if len(mean) != channels or len(std) != channels:
+            raise GapruneError(
+                f"mean/std have {len(mean)}/{len(std)} entries but the data has {channels} "
+                "channels; give one value per channel"
+            )
+        self.device = torch.device(device)
+        self.x = split.x.to(self.device)
+        self.y = split.y.to(self.device)
+        self.scale = 255.0 if self.x.dtype == torch.uint8 else 1.0
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
+        self.seed, self.drop_last = int(seed), drop_last
+        self.hflip, self.crop_padding = hflip, int(crop_padding)
+        self.num_samples = len(split)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Continue a resumed run with the batches that epoch would have had."""
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63))
+        self.epoch += 1
+        n = self.num_samples
+        perm = torch.randperm(n, generator=gen).to(self.device) if self.shuffle else None
+        offsets = flips = None
+        if self.augment:
+            p = self.crop_padding
+            offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=gen).to(self.device)
+            flips = (torch.rand(n, generator=gen) < 0.5).to(self.device) if self.hflip else None
+        for b in range(len(self)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
+            if perm is None:
+                xb, yb = self.x[lo:hi], self.y[lo:hi]
+            else:
+                idx = perm[lo:hi]
+                xb, yb = self.x[idx], self.y[idx]
+            xb = xb.float()
+            if self.scale != 1.0:
+                xb = xb / self.scale
+            if offsets is not None:
+                xb = self._augment(xb, offsets[lo:hi], None if flips is None else flips[lo:hi])
+            yield (xb - self.mean) / self.std, yb
+
+    def _augment(self, xb: torch.Tensor, offsets: torch.Tensor,
+                 flips: torch.Tensor | None) -> torch.Tensor:
+        """Batched random crop from a zero-padded image, then optional horizontal flip."""
+        p = self.crop_padding
+        bsz, ch, h, w = xb.shape
+        if p > 0:
+            padded = F.pad(xb, (p, p, p, p))
+            rows = (offsets[:, 0:1] + torch.arange(h, device=xb.device)).view(bsz, 1, h, 1)
+            cols = (offsets[:, 1:2] + torch.arange(w, device=xb.device)).view(bsz, 1, 1, w)
+            bidx = torch.arange(bsz, device=xb.device).view(bsz, 1, 1, 1)
+            cidx = torch.arange(ch, device=xb.device).view(1, ch, 1, 1)
+            xb = padded[bidx, cidx, rows, cols]
+        if flips is not None:
+            xb = torch.where(flips.view(-1, 1, 1, 1), xb.flip(3), xb)
+        return xb
+
+
+def make_loader(bundle: DataBundle, split: str, batch_size: int, shuffle: bool = False,
+                augment: bool = False, device: str | torch.device = "cpu", seed: int = 0,
+                limit: int | None = None) -> TensorLoader:
+    """Loader over one split of a bundle; `limit` keeps its first samples (calibration)."""
+    if split not in SPLITS:
+        raise GapruneError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
+    _check_limit("limit", limit)
+    data: TensorSplit = getattr(bundle, split)
+    if limit is not None:
+        data = TensorSplit(data.x[:limit], data.y[:limit])
+    return TensorLoader(data, batch_size, bundle.mean, bundle.std, shuffle=shuffle,
+                        augment=augment, device=device, seed=seed, hflip=bundle.hflip,
+                        crop_padding=bundle.crop_padding)

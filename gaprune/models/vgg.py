@@ -1,0 +1,81 @@
+"""CIFAR VGG-11/13/16/19 with BatchNorm and a configurable head (paper: 512-4096-4096)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gaprune.errors import GapruneError
+from gaprune.models import MODELS, init_weights
+
+CFGS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+HEADS = ("linear", "paper")
+
+
+class VGG(nn.Module):
+    """conv3x3+BN+ReLU stacks; pools are skipped once the map is 1x1 so small inputs work."""
+
+    def __init__(self, cfg: list[int | str], num_classes: int, in_channels: int,
+                 image_size: int, head: str = "linear", dropout: float = 0.5) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise GapruneError(f"unknown VGG head '{head}'; choose one of: {', '.join(HEADS)}")
+        if not 0.0 <= dropout < 1.0:
+            raise GapruneError(f"VGG dropout={dropout} must be in [0, 1)")
+        self.convs = nn.ModuleList()
+        self.bns = nn.ModuleList()
+        pool_after: list[bool] = []
+        channels, side = in_channels, image_size
+        for item in cfg:
+            if item == "M":
+                if side >= 2:  # pool only while there is something to pool
+                    pool_after[-1] = True
+                    side //= 2
+                continue
+            self.convs.append(nn.Conv2d(channels, int(item), kernel_size=3, padding=1, bias=False))
+            self.bns.append(nn.BatchNorm2d(int(item)))
+            pool_after.append(False)
+            channels = int(item)
+        self.pool_after = tuple(pool_after)
+        self.head = head
+        if head == "linear":
+            self.classifier = nn.Linear(channels, num_classes)
+        else:
+            self.fc1 = nn.Linear(channels, 4096)
+            self.drop1 = nn.Dropout(dropout)
+            self.fc2 = nn.Linear(4096, 4096)
+            self.drop2 = nn.Dropout(dropout)
+            self.classifier = nn.Linear(4096, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, bn, pool in zip(self.convs, self.bns, self.pool_after):
+            x = F.relu(bn(conv(x)))
+            if pool:
+                x = F.max_pool2d(x, 2)
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        if self.head == "paper":
+            x = self.drop1(F.relu(self.fc1(x)))
+            x = self.drop2(F.relu(self.fc2(x)))
+        return self.classifier(x)
+
+
+def _register(name: str) -> None:
+    def build(num_classes: int, in_channels: int, image_size: int, head: str = "linear",
+              dropout: float = 0.5) -> nn.Module:
+        return VGG(CFGS[name], num_classes, in_channels, image_size, head=head, dropout=dropout)
+
+    build.__name__ = f"build_{name}"
+    build.__doc__ = f"{name.upper()}-BN for CIFAR; head='linear' (512->classes) or 'paper'."
+    MODELS.register(name)(build)
+
+
+for _name in CFGS:
+    _register(_name)

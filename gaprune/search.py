@@ -1,0 +1,188 @@
+"""search.py's job: baseline -> units -> importance (cached) -> optimizer over the encoding
+with the fitness -> records, Pareto set, picks, plots; checkpointed every generation."""
+from __future__ import annotations
+
+import random
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from gaprune.baseline import dataset_matches, ensure_baseline
+from gaprune.checkpoint import example_input, load_model
+from gaprune.cost import CostModel
+from gaprune.encodings import build_encoding
+from gaprune.errors import GapruneError
+from gaprune.fitness import FitnessContext, build_fitness
+from gaprune.importance import compute_importance, file_digest
+from gaprune.io import read_json, write_csv, write_json
+from gaprune.optimizers import build_optimizer
+from gaprune.picks import knee, pareto_front, pick_plans
+from gaprune.plots import plot_fitness, plot_keep_ratios, plot_pareto
+from gaprune.problem import Objective, Problem
+from gaprune.runtime import load_bundle, loader, make_logger, plain, run_dir
+from gaprune.training import resolve_device, seed_everything
+from gaprune.units import discover_units
+
+STATE = "state.json"
+RECORDS = "evaluations.json"
+
+
+def resolve_resume(cfg: DictConfig, fresh_dir: Path) -> tuple[Path, bool]:
+    """(run dir, resuming?) from resume=false|true|<run dir>."""
+    resume = cfg.resume
+    if resume in (None, False, "false"):
+        return fresh_dir, False
+    if resume in (True, "true"):
+        root = Path(cfg.paths.output_root) / "search"
+        candidates = sorted((p.parent for p in root.rglob(STATE) if p.parent != fresh_dir), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise GapruneError(f"resume=true but no search run with {STATE} under '{root}'; start a new search")
+        return candidates[-1], True
+    path = Path(str(resume))
+    if not (path / STATE).is_file():
+        raise GapruneError(f"resume='{path}' is not a search run dir (no {STATE}); give the run dir of a search")
+    return path, True
+
+
+def generation_row(generation: int, population, problem: Problem, started: float) -> dict[str, Any]:
+    records = [problem.record_of(genome) for genome in population]
+    scores = [r["score"] for r in records]
+    proxies = [r["proxy"] for r in records]
+    return {
+        "generation": generation,
+        "evaluations": len(problem.records),
+        "cache_hits": problem.cache_hits,
+        "best_score": max(scores),
+        "mean_score": float(np.mean(scores)),
+        "best_proxy": max(proxies),
+        "mean_proxy": float(np.mean(proxies)),
+        "mean_macs_reduction": float(np.mean([r["macs_reduction"] for r in records])),
+        "max_macs_reduction": max(r["macs_reduction"] for r in records),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def run_search(cfg: DictConfig) -> dict[str, Any]:
+    directory, resuming = resolve_resume(cfg, run_dir())
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    bundle = load_bundle(cfg)
+    baseline_path = ensure_baseline(cfg, directory)
+    model, meta, _ = load_model(baseline_path, expect_model=cfg.model.name,
+                                hint=f"train it with: python train.py model={cfg.model.name} dataset={cfg.dataset.name}")
+    dataset_matches(meta, cfg, baseline_path)
+    model = model.to(device)
+    x0 = example_input(meta)
+    units = discover_units(model.cpu(), x0, include_linear=bool(cfg.model.include_linear))
+    model.to(device)
+
+    imp = cfg.importance
+    cache = Path(cfg.paths.checkpoints) / "cache" / f"{baseline_path.stem}-{file_digest(baseline_path)}-{imp.name}-{imp.batches}-s{cfg.seed}.pt"
+    val_batches = lambda: islice(iter(loader(bundle, "val", imp.batch_size, device)), int(imp.batches))  # noqa: E731
+    importance = compute_importance(imp.name, model, units, val_batches, cfg.seed, cache)
+
+    cost = CostModel(model, units, x0)
+    encoding = build_encoding(cfg.encoding.name, units, importance, **plain(cfg.encoding.params))
+    rng = random.Random(cfg.seed)
+    cost.verify([encoding.decode(encoding.random_genome(rng)) for _ in range(2)])
+
+    fit = cfg.fitness
+    calib = list(loader(bundle, "val", fit.get("batch_size", 256), device, limit=fit.get("samples"))) if fit.name != "taylor_proxy" else []
+    context = FitnessContext(model=model, units=units, importance=importance, calib=calib, device=device)
+    fitness = build_fitness(fit.name, context, **plain(fit.params))
+    objective = Objective(**plain(cfg.objective))
+    problem = Problem(encoding, fitness, cost, objective, objectives=list(cfg.optimizer.objectives))
+    optimizer = build_optimizer(cfg.optimizer.name, problem, **plain(cfg.optimizer.params))
+
+    state = None
+    generations: list[dict[str, Any]] = []
+    if resuming:
+        state = read_json(directory / STATE)
+        problem.restore(read_json(directory / RECORDS)[: state["records"]])
+        generations = read_json(directory / "generations.json")[: state["generation"] + 1]
+        print(f"resuming search in {directory} after generation {state['generation']}")
+    seed_everything(cfg.seed)
+
+    logger = make_logger(cfg, directory, "search")
+    started = time.perf_counter() - (generations[-1]["seconds"] if generations else 0.0)
+    bar = tqdm(total=optimizer.config.generations + 1, initial=len(generations), desc=f"search {cfg.optimizer.name}",
+               unit="gen", leave=False, dynamic_ncols=True)
+
+    def on_generation(generation: int, population, _offspring) -> None:
+        row = generation_row(generation, population, problem, started)
+        generations.append(row)
+        write_json(directory / RECORDS, problem.records)
+        write_json(directory / "generations.json", generations)
+        write_csv(directory / "generations.csv", generations)
+        write_json(directory / STATE, {**optimizer.to_state(generation, population), "records": len(problem.records)})
+        logger.log({k: v for k, v in row.items() if k != "generation"}, step=generation)
+        bar.update(1)
+        bar.set_postfix(best=f"{row['best_score']:.4f}", evals=row["evaluations"])
+
+    if state is None or state["generation"] < optimizer.config.generations:
+        optimizer.run(on_generation, state)
+    bar.close()
+
+    summary = finish_search(cfg, directory, problem, encoding, units, generations, baseline_path, meta)
+    logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    logger.finish()
+    if cfg.then_finetune:
+        from gaprune.finetune import run_finetune
+
+        summary["finetune"] = run_finetune(cfg, directory, directory / "finetune")
+    return summary
+
+
+def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, units, generations,
+                  baseline_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Pareto set, picks, plots and summary from the records."""
+    records = problem.records
+    front = pareto_front(records)
+
+    def with_plan(record: dict[str, Any]) -> dict[str, Any]:
+        return {**record, "plan": encoding.decode(record["genome"]).to_json()}
+
+    picks = {"knee": knee(front), "best": pick_plans(records, "best")[0]}
+    target = cfg.objective.target_macs_reduction
+    if target is not None and any(r["macs_reduction"] >= target for r in records):
+        picks["target_macs"] = pick_plans(records, "target_macs", target)[0]
+    write_json(directory / "pareto.json", [with_plan(r) for r in front])
+    write_json(directory / "picks.json", {name: with_plan(r) for name, r in picks.items()})
+    write_json(directory / "best_plan.json", with_plan(picks["best"]))
+    write_csv(directory / "evaluations.csv", [{k: (" ".join(map(str, v)) if isinstance(v, list) else v)
+                                               for k, v in r.items() if k != "genome"} for r in records])
+    plot_fitness(generations, directory / "fitness.png")
+    plot_pareto(records, front, picks, directory / "pareto.png")
+    ratios = {name: [k / u.channels for k, u in zip(r["keep_counts"], units)] for name, r in picks.items()}
+    plot_keep_ratios([u.name for u in units], ratios, directory / "keep_ratios.png")
+    summary = {
+        "run_dir": str(directory.resolve()),
+        "baseline": str(baseline_path.resolve()),
+        "model": meta["model"],
+        "data": meta["data"],
+        "baseline_val_acc": meta["val_acc"],
+        "baseline_test_acc": meta["test_acc"],
+        "baseline_macs": problem.cost.base_macs,
+        "baseline_params": problem.cost.base_params,
+        "units": [{"name": u.name, "channels": u.channels} for u in units],
+        "optimizer": cfg.optimizer.name,
+        "fitness": cfg.fitness.name,
+        "encoding": cfg.encoding.name,
+        "evaluations": len(records),
+        "cache_hits": problem.cache_hits,
+        "pareto_size": len(front),
+        "seconds": generations[-1]["seconds"] if generations else 0.0,
+        "picks": {name: {k: r[k] for k in ("id", "proxy", "score", "macs_reduction", "params_reduction")}
+                  for name, r in picks.items()},
+    }
+    write_json(directory / "search_summary.json", summary)
+    knee_pick = picks["knee"]
+    print(f"search done: {len(records)} plans evaluated ({problem.cache_hits} cache hits) in {summary['seconds']:.1f}s; "
+          f"knee proxy {knee_pick['proxy']:.4f} at {100 * knee_pick['macs_reduction']:.1f}% fewer MACs -> {directory}")
+    return summary
