@@ -20,6 +20,19 @@ from gaprune.units import PrunableUnit
 ENCODINGS: Registry[type["Encoding"]] = Registry("encoding")
 
 
+def check_params(r_min: float = 0.1, round_to: int = 1, strategies: Sequence[str] = ("min", "median"),
+                 strategy: str = "min") -> None:
+    """Validate encoding options before any work is done."""
+    if not isinstance(r_min, (int, float)) or not 0.0 < float(r_min) <= 1.0:
+        raise GapruneError(f"encoding.params.r_min={r_min} is out of range; use a value in (0, 1], e.g. 0.1")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise GapruneError(f"encoding.params.round_to={round_to} must be a whole number >= 1")
+    if not strategies:
+        raise GapruneError("encoding.params.strategies is empty; give at least one of: " + ", ".join(STRATEGIES.names()))
+    for name in [strategy, *strategies]:
+        STRATEGIES.get(name)
+
+
 class Encoding:
     """Base: per-unit keep ratio in [r_min, 1], channels chosen by a strategy."""
 
@@ -32,12 +45,7 @@ class Encoding:
         strategies: Sequence[str] = ("min", "median"),
         strategy: str = "min",
     ) -> None:
-        if not 0.0 < float(r_min) <= 1.0:
-            raise GapruneError(f"encoding.r_min={r_min} is out of range; use a value in (0, 1], e.g. 0.1")
-        if int(round_to) < 1:
-            raise GapruneError(f"encoding.round_to={round_to} must be a whole number >= 1")
-        for name in [strategy, *strategies]:
-            STRATEGIES.get(name)
+        check_params(r_min, round_to, strategies, strategy)
         self.units = list(units)
         self.importance = importance
         self.r_min = float(r_min)
@@ -113,6 +121,14 @@ class RatioStrategyEncoding(Encoding):
     def unit_strategies(self, genome: Sequence[float]) -> list[str]:
         last = len(self.strategies) - 1
         return [self.strategies[min(max(int(round(g)), 0), last)] for g in genome[self.n_real:]]
+
+
+def validate_encoding(name: str, **params) -> None:
+    ENCODINGS.get(name)
+    try:
+        check_params(**params)
+    except TypeError as err:
+        raise GapruneError(f"bad option for encoding={name}: {err}")
 
 
 def build_encoding(name: str, units: Sequence[PrunableUnit], importance: dict[str, np.ndarray], **params) -> Encoding:

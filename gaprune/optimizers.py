@@ -41,19 +41,19 @@ class OptimizerConfig:
 
     def validate(self, name: str) -> None:
         if self.population < 2:
-            raise GapruneError(f"optimizer.population={self.population} is too small; use at least 4")
+            raise GapruneError(f"optimizer.params.population={self.population} is too small; use at least 4")
         if self.generations < 0:
-            raise GapruneError(f"optimizer.generations={self.generations} must be >= 0")
+            raise GapruneError(f"optimizer.params.generations={self.generations} must be >= 0")
         if name == "nsga2" and (self.population < 4 or self.population % 4):
             raise GapruneError(
-                f"optimizer.population={self.population} does not work for NSGA-II: it needs a multiple of 4 "
+                f"optimizer.params.population={self.population} does not work for NSGA-II: it needs a multiple of 4 "
                 "(DCD tournament), e.g. 24"
             )
         if name == "ga" and not 0 <= self.elite < self.population:
-            raise GapruneError(f"optimizer.elite={self.elite} must be in [0, population)")
+            raise GapruneError(f"optimizer.params.elite={self.elite} must be in [0, population)")
         for key in ("cxpb", "mutpb"):
             if not 0.0 <= getattr(self, key) <= 1.0:
-                raise GapruneError(f"optimizer.{key}={getattr(self, key)} must be a probability in [0, 1]")
+                raise GapruneError(f"optimizer.params.{key}={getattr(self, key)} must be a probability in [0, 1]")
 
 
 GenerationCallback = Callable[[int, list[Individual], list[Individual]], None]
@@ -148,13 +148,16 @@ class Optimizer:
         return {
             "optimizer": self.name,
             "generation": generation,
-            "population": [{"genome": list(ind), "fitness": list(ind.fitness.values)} for ind in population],
+            "population": [{"genome": list(ind), "fitness": list(ind.fitness.values),
+                            "crowding_dist": getattr(ind.fitness, "crowding_dist", None)} for ind in population],
             "random_state": _random_state_to_json(random.getstate()),
         }
 
     def from_state(self, item: dict[str, Any]) -> Individual:
         ind = self.make(item["genome"])
         ind.fitness.values = tuple(item["fitness"])
+        if item.get("crowding_dist") is not None:
+            ind.fitness.crowding_dist = item["crowding_dist"]  # NSGA-II's DCD tournament reads it
         return ind
 
 
@@ -230,13 +233,19 @@ class RandomSearch(Optimizer):
         return tools.selBest(population + offspring, self.config.population), offspring
 
 
-def build_optimizer(name: str, problem: Problem, **params) -> Optimizer:
-    cls = OPTIMIZERS.get(name)
+def optimizer_config(name: str, **params) -> OptimizerConfig:
+    """Validated optimizer options (checked before any work is done)."""
+    OPTIMIZERS.get(name)
     try:
         config = OptimizerConfig(**params)
     except TypeError as err:
         raise GapruneError(f"bad option for optimizer={name}: {err}")
-    return cls(problem, config)
+    config.validate(name)
+    return config
+
+
+def build_optimizer(name: str, problem: Problem, **params) -> Optimizer:
+    return OPTIMIZERS.get(name)(problem, optimizer_config(name, **params))
 
 
 def _random_state_to_json(state: tuple) -> list:

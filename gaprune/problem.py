@@ -2,7 +2,6 @@
 of every plan evaluated. Optimizers only see genomes and objective tuples."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -60,9 +59,10 @@ class Problem:
     def weights(self) -> tuple[float, ...]:
         return tuple(OBJECTIVE_KEYS[name] for name in self.objectives)
 
-    def restore(self, records: list[dict[str, Any]]) -> None:
+    def restore(self, records: list[dict[str, Any]], cache_hits: int = 0) -> None:
         """Rebuild the cache from saved records (resume)."""
         self.records = list(records)
+        self.cache_hits = cache_hits
         self._cache = {}
         for record in self.records:
             self._cache[self._key(self.encoding.decode(record["genome"]))] = record
@@ -81,20 +81,17 @@ class Problem:
                 fresh[key] = index
         self.cache_hits += len(plans) - len(fresh)
         if fresh:
-            start = time.perf_counter()
             indices = list(fresh.values())
             results = self.fitness.evaluate([plans[i] for i in indices])
-            seconds = (time.perf_counter() - start) / len(indices)
             for index, result in zip(indices, results):
-                self._cache[self._key(plans[index])] = self._record(genomes[index], plans[index], result, generation, seconds)
+                self._cache[self._key(plans[index])] = self._record(genomes[index], plans[index], result, generation)
         return [self._cache[self._key(plan)] for plan in plans]
 
     def record_of(self, genome: Sequence[float]) -> dict[str, Any]:
         """The record of an already evaluated genome (no evaluation, no cache-hit count)."""
         return self._cache[self._key(self.encoding.decode(genome))]
 
-    def _record(self, genome: Sequence[float], plan: Plan, result: dict[str, float], generation: int,
-                seconds: float) -> dict[str, Any]:
+    def _record(self, genome: Sequence[float], plan: Plan, result: dict[str, float], generation: int) -> dict[str, Any]:
         proxy = float(result["proxy"])
         if not np.isfinite(proxy):
             raise GapruneError(f"fitness returned a non-finite proxy ({proxy}); check the baseline checkpoint")
@@ -111,7 +108,6 @@ class Problem:
             "macs_reduction": macs_reduction,
             "params_reduction": params_reduction,
             **{k: float(v) for k, v in result.items() if k != "proxy"},
-            "eval_seconds": seconds,
             "keep_counts": plan.keep_counts(),
             "strategies": list(plan.strategies.values()),
             "genome": [float(g) for g in genome],

@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 from gaprune.baseline import dataset_matches, ensure_baseline
 from gaprune.checkpoint import example_input, load_model
 from gaprune.cost import CostModel
-from gaprune.encodings import build_encoding
+from gaprune.encodings import build_encoding, validate_encoding
 from gaprune.errors import GapruneError
-from gaprune.fitness import FitnessContext, build_fitness
-from gaprune.importance import compute_importance, file_digest
+from gaprune.fitness import FITNESSES, FitnessContext, build_fitness
+from gaprune.importance import IMPORTANCES, compute_importance, file_digest
 from gaprune.io import read_json, write_csv, write_json
-from gaprune.optimizers import build_optimizer
-from gaprune.picks import knee, pareto_front, pick_plans
+from gaprune.optimizers import build_optimizer, optimizer_config
+from gaprune.picks import PICKS, knee, pareto_front, pick_plans
 from gaprune.plots import plot_fitness, plot_keep_ratios, plot_pareto
 from gaprune.problem import Objective, Problem
 from gaprune.runtime import load_bundle, loader, make_logger, plain, run_dir
@@ -68,7 +68,21 @@ def generation_row(generation: int, population, problem: Problem, started: float
     }
 
 
+def validate_search_config(cfg: DictConfig) -> None:
+    """Fail on bad options in one line, before a baseline is trained or a file is written."""
+    validate_encoding(cfg.encoding.name, **plain(cfg.encoding.params))
+    optimizer_config(cfg.optimizer.name, **plain(cfg.optimizer.params))
+    Objective(**plain(cfg.objective))
+    FITNESSES.get(cfg.fitness.name)
+    IMPORTANCES.get(cfg.importance.name)
+    if cfg.pick not in PICKS:
+        raise GapruneError(f"unknown pick '{cfg.pick}'; choose one of: {', '.join(PICKS)}")
+    if cfg.pick == "target_macs" and cfg.objective.target_macs_reduction is None:
+        raise GapruneError("pick=target_macs needs objective.target_macs_reduction=<fraction>, e.g. 0.7")
+
+
 def run_search(cfg: DictConfig) -> dict[str, Any]:
+    validate_search_config(cfg)
     directory, resuming = resolve_resume(cfg, run_dir())
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -104,7 +118,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     generations: list[dict[str, Any]] = []
     if resuming:
         state = read_json(directory / STATE)
-        problem.restore(read_json(directory / RECORDS)[: state["records"]])
+        problem.restore(read_json(directory / RECORDS)[: state["records"]], state["cache_hits"])
         generations = read_json(directory / "generations.json")[: state["generation"] + 1]
         print(f"resuming search in {directory} after generation {state['generation']}")
     seed_everything(cfg.seed)
@@ -120,7 +134,8 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
         write_json(directory / RECORDS, problem.records)
         write_json(directory / "generations.json", generations)
         write_csv(directory / "generations.csv", generations)
-        write_json(directory / STATE, {**optimizer.to_state(generation, population), "records": len(problem.records)})
+        write_json(directory / STATE, {**optimizer.to_state(generation, population), "records": len(problem.records),
+                                              "cache_hits": problem.cache_hits})
         logger.log({k: v for k, v in row.items() if k != "generation"}, step=generation)
         bar.update(1)
         bar.set_postfix(best=f"{row['best_score']:.4f}", evals=row["evaluations"])
