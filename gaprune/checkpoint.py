@@ -6,6 +6,9 @@ pruning by the plan -> load weights), never unpickled as a module.
 from __future__ import annotations
 
 import pickle
+import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +50,23 @@ def read_checkpoint(path: str | Path, hint: str = "") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise GapruneError(f"checkpoint '{path}' not found{'; ' + hint if hint else ''}")
+    if not zipfile.is_zipfile(path):
+        raise GapruneError(f"checkpoint '{path}' is corrupt or not a torch file (truncated or foreign); "
+                           "delete it and re-create it")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
         raise GapruneError(
-            f"refusing to load '{path}': it is not a plain weights file ({str(err).splitlines()[0]}); "
+            f"refusing to load '{path}': it holds Python objects or code{what}, not plain weights; "
             "re-create it with gaprune (train.py / finetune.py)"
         ) from None
-    except Exception as err:  # truncated or foreign files
-        raise GapruneError(f"checkpoint '{path}' is corrupt or not a torch file ({type(err).__name__}); delete it and re-create it") from None
+    except Exception as err:  # damaged archives
+        raise GapruneError(f"checkpoint '{path}' is corrupt or not a torch file ({type(err).__name__}); "
+                           "delete it and re-create it") from None
     if not isinstance(payload, dict) or payload.get("format") not in (BASELINE, PRUNED) or "state_dict" not in payload:
         raise GapruneError(f"'{path}' is not a gaprune checkpoint (no format/state_dict); re-create it with train.py")
     return payload

@@ -6,16 +6,17 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from gaprune.baseline import train_config
 from gaprune.checkpoint import example_input, load_model, save_checkpoint
 from gaprune.errors import GapruneError
-from gaprune.io import read_json, write_csv, write_json, atomic_write_text
+from gaprune.io import atomic_torch_save, atomic_write_text, read_json, write_csv, write_json
 from gaprune.picks import PICKS, knee
 from gaprune.plan import Plan
 from gaprune.runtime import load_bundle, loader, make_logger, run_dir
-from gaprune.training import evaluate, resolve_device, seed_everything, train
+from gaprune.training import evaluate, make_optimizer, resolve_device, seed_everything, train
 from gaprune.units import count_macs_params, discover_units, prune_model
 
 
@@ -58,6 +59,17 @@ def resolve_search_dir(value: Any, output_root: Path) -> Path:
     return path
 
 
+def resume_dir(cfg: DictConfig) -> Path | None:
+    """resume=<a finetune run dir> continues it (finished plans skipped, the current one from its last epoch)."""
+    resume = cfg.get("resume")
+    if resume in (None, False, "false"):
+        return None
+    path = Path(str(resume))
+    if not path.is_dir():
+        raise GapruneError(f"resume='{path}' is not a directory; give the finetune run dir to continue")
+    return path
+
+
 def markdown_table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     lines = ["| plan | pick | search proxy | val acc | test acc | Δ test acc | MACs | MACs red. | params | params red. |",
              "|---|---|---|---|---|---|---|---|---|---|",
@@ -70,9 +82,43 @@ def markdown_table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finetune_with_state(student, teacher, train_batches, val_batches, config, state_path: Path, logger,
+                        plan_id: int) -> list[dict[str, Any]]:
+    """Fine-tune, saving model/optimizer/RNG state each epoch; continue from `state_path` if present."""
+    optimizer, scheduler = make_optimizer(student, config)
+    history: list[dict[str, Any]] = []
+    if state_path.is_file():
+        state = read_checkpoint_state(state_path)
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = list(state["history"])
+        print(f"resuming fine-tune of plan {plan_id} after epoch {len(history)}")
+    train_batches.set_epoch(len(history))
+
+    def save(row: dict[str, Any]) -> None:
+        history.append(row)
+        atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "history": history},
+                          state_path)
+        logger.log({f"plan{plan_id}/{k}": v for k, v in row.items()})
+
+    train(student, train_batches, val_batches, config, teacher=teacher, on_epoch=save, desc=f"finetune plan {plan_id}",
+          start_epoch=len(history), optimizer_state=(optimizer, scheduler))
+    return history
+
+
+def read_checkpoint_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise GapruneError(f"fine-tune state '{path}' is unreadable ({type(err).__name__}); delete it to restart that plan") from None
+
+
 def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Path | None = None) -> list[dict[str, Any]]:
     search_dir = resolve_search_dir(search_dir or cfg.get("search_dir"), Path(cfg.paths.output_root))
-    directory = directory or run_dir()
+    directory = directory or resume_dir(cfg) or run_dir()
     summary = read_json(search_dir / "search_summary.json")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -90,17 +136,19 @@ def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Pat
     teacher = teacher.to(device)
     baseline = {"val_acc": meta["val_acc"], "test_acc": meta["test_acc"], "macs": meta["macs"], "params": meta["params"]}
     logger = make_logger(cfg, directory, "finetune")
-    rows = []
+    done = read_json(directory / "results.json")["results"] if (directory / "results.json").is_file() else []
+    rows = [r for r in done if r["pick"] == cfg.pick]
     for record in chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction):
+        if any(r["plan_id"] == record["id"] for r in rows):
+            continue  # finished before an interruption
         plan = Plan.from_json(record["plan"])
         student = prune_model(teacher.cpu(), units, plan, x0)
         macs, params = count_macs_params(student, x0)
         teacher.to(device)
         student.to(device)
         before = evaluate(student, val_batches)
-        history = train(student, train_batches, val_batches, train_config(ft), teacher=teacher if ft.kd else None,
-                        desc=f"finetune plan {record['id']}",
-                        on_epoch=lambda row, pid=record["id"]: logger.log({f"plan{pid}/{k}": v for k, v in row.items()}))
+        history = finetune_with_state(student, teacher if ft.kd else None, train_batches, val_batches, train_config(ft),
+                                      directory / f"state-{cfg.pick}-{record['id']}.pt", logger, record["id"])
         val, test = evaluate(student, val_batches), evaluate(student, test_batches)
         save_checkpoint(directory / f"pruned-{cfg.pick}-{record['id']}.pt", copy.deepcopy(student).cpu(),
                         {**meta, "val_acc": val["acc"], "test_acc": test["acc"], "macs": macs, "params": params}, plan=plan)
@@ -111,8 +159,9 @@ def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Pat
             "macs_reduction": 1 - macs / meta["macs"], "params_reduction": 1 - params / meta["params"],
             "predicted_macs": record["macs"], "epochs": len(history), "kd": bool(ft.kd),
         })
+        write_json(directory / "results.json", {"baseline": baseline, "results": rows, "search_dir": str(search_dir.resolve())})
         write_csv(directory / "results.csv", rows)
-    write_json(directory / "results.json", {"baseline": baseline, "results": rows, "search_dir": str(search_dir.resolve())})
+        (directory / f"state-{cfg.pick}-{record['id']}.pt").unlink(missing_ok=True)
     table = markdown_table(rows, baseline)
     atomic_write_text(directory / "results.md", table)
     logger.summary({"test_acc": rows[0]["test_acc"], "macs_reduction": rows[0]["macs_reduction"]} if rows else {})
