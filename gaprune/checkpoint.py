@@ -58,7 +58,7 @@ def read_checkpoint(path: str | Path, hint: str = "") -> dict[str, Any]:
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: (\S+)", str(err))
+        found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)", str(err))
         what = f" ({found.group(1)})" if found else ""
         raise GapruneError(
             f"refusing to load '{path}': it holds Python objects or code{what}, not plain weights; "

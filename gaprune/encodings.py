@@ -83,8 +83,10 @@ class Encoding:
     def keep_count(self, ratio: float, channels: int) -> int:
         low = max(1, math.ceil(self.r_min * channels - 1e-9))
         count = round(ratio * channels)
-        if self.round_to > 1 and channels >= self.round_to:
-            count = max(self.round_to, round(count / self.round_to) * self.round_to)
+        if self.round_to > 1 and channels > self.round_to and count < channels:
+            # nearest of {multiples of round_to below C} U {C}; ties go to the larger width
+            allowed = [*range(self.round_to, channels, self.round_to), channels]
+            count = min(allowed, key=lambda c: (abs(c - count), -c))
         return int(min(max(count, low), channels))
 
     def unit_strategies(self, genome: Sequence[float]) -> list[str]:

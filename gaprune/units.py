@@ -30,7 +30,8 @@ class PrunableUnit:
 
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    with torch.enable_grad():  # tracing needs autograd, even when called under no_grad
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
 
 
 def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear: bool = False) -> list[PrunableUnit]:
@@ -149,5 +150,6 @@ def prune_model(model: nn.Module, units: Sequence[PrunableUnit], plan: Plan, exa
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:
     """MACs and params of the whole network, as torch-pruning counts them."""
-    macs, params = tp.utils.count_ops_and_params(model, example_input)
+    device = next(model.parameters()).device
+    macs, params = tp.utils.count_ops_and_params(model, example_input.to(device))
     return int(macs), int(params)

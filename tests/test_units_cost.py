@@ -5,6 +5,7 @@ torch-pruning does to a real copy of the network; these tests compare them on ra
 """
 from __future__ import annotations
 
+import copy
 import functools
 import random
 import warnings
@@ -211,9 +212,9 @@ def test_plan_validation() -> None:
 # --- analytic cost vs torch-pruning ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key,n_plans,extreme", [("lenet5", 3, True), ("lenet5-conv", 2, True), ("vgg16", 1, False),
-                                                 ("vgg16-paper", 1, True), ("resnet20", 1, True),
-                                                 ("resnet56", 1, False)])
+@pytest.mark.parametrize("key,n_plans,extreme", [("lenet5", 4, True), ("lenet5-conv", 2, True), ("vgg16", 2, True),
+                                                 ("vgg16-paper", 2, True), ("resnet20", 3, True),
+                                                 ("resnet56", 2, True)])
 def test_analytic_cost_equals_torch_pruning_count(key: str, n_plans: int, extreme: bool) -> None:
     model, units, x0 = _setup(key)
     cost = CostModel(model, units, x0)
@@ -284,3 +285,16 @@ def test_masked_population_equals_physically_pruned_models(key: str) -> None:
     masker.set_plans(plans)  # hooks removed: masks have no effect any more
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cost_model_of_a_model_on_the_gpu() -> None:
+    """search.py builds the cost model from the model on its device and a CPU example input."""
+    model, units, x0 = _setup("resnet20")
+    on_gpu = copy.deepcopy(model).cuda()
+    cost = CostModel(on_gpu, units, x0)
+    reference = CostModel(model, units, x0)
+    assert (cost.base_macs, cost.base_params) == (reference.base_macs, reference.base_params)
+    plan = _random_plans(units, 1, seed=4, extreme=False)[0]
+    assert cost.cost(plan) == reference.cost(plan)
+    assert cost.verify([plan]) is True
