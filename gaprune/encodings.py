@@ -71,6 +71,18 @@ class Encoding:
     def size(self) -> int:
         return self.n_real + self.n_discrete
 
+    def cost_model(self, model, example_input, rng: random.Random):
+        """Analytic channel cost, checked against physical pruning on two random plans."""
+        from gaprune.cost import CostModel
+
+        cost = CostModel(model, self.units, example_input)
+        cost.verify([self.decode(self.random_genome(rng)) for _ in range(2)])
+        return cost
+
+    def layer_names(self) -> list[str]:
+        """Names for per-layer plots: one per unit."""
+        return [u.name for u in self.units]
+
     def random_genome(self, rng: random.Random) -> list[float]:
         reals = [rng.uniform(self.r_min, 1.0) for _ in range(self.n_real)]
         return reals + [float(rng.randrange(self.choices)) for _ in range(self.n_discrete)]

@@ -114,8 +114,9 @@ class Optimizer:
         n = self.encoding.n_real
         reals = list(ind[:n])
         tools.mutPolynomialBounded(reals, eta=self.config.eta_mut, low=self.encoding.r_min, up=1.0, indpb=self.indpb)
-        discrete = [float(random.randrange(self.encoding.choices)) if random.random() < self.indpb else g
-                    for g in ind[n:]]
+        choices = self.encoding.choices
+        discrete = [float((int(g) + random.randrange(1, choices)) % choices)  # a different value (bit flip)
+                    if choices > 1 and random.random() < self.indpb else g for g in ind[n:]]
         ind[:] = reals + discrete
         del ind.fitness.values
 

@@ -21,6 +21,11 @@ class Plan:
     def keep_ratios(self) -> dict[str, float]:
         return {name: len(idx) / self.channels[name] for name, idx in self.keep.items()}
 
+    def record_fields(self) -> dict[str, Any]:
+        """What every evaluation record stores about this plan."""
+        return {"keep_counts": self.keep_counts(), "strategies": list(self.strategies.values()),
+                "keep_ratios": list(self.keep_ratios().values())}
+
     def signature(self) -> tuple:
         return tuple((name, idx) for name, idx in self.keep.items())
 

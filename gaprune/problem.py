@@ -108,8 +108,7 @@ class Problem:
             "macs_reduction": macs_reduction,
             "params_reduction": params_reduction,
             **{k: float(v) for k, v in result.items() if k != "proxy"},
-            "keep_counts": plan.keep_counts(),
-            "strategies": list(plan.strategies.values()),
+            **plan.record_fields(),
             "genome": [float(g) for g in genome],
         }
         self.records.append(record)

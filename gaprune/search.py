@@ -15,7 +15,6 @@ from tqdm.auto import tqdm
 
 from gaprune.baseline import dataset_matches, ensure_baseline
 from gaprune.checkpoint import example_input, load_model
-from gaprune.cost import CostModel
 from gaprune.encodings import build_encoding, validate_encoding
 from gaprune.errors import GapruneError
 from gaprune.fitness import FITNESSES, FitnessContext, build_fitness
@@ -101,10 +100,8 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     val_batches = lambda: islice(iter(loader(bundle, "val", imp.batch_size, device)), int(imp.batches))  # noqa: E731
     importance = compute_importance(imp.name, model, units, val_batches, cfg.seed, cache)
 
-    cost = CostModel(model, units, x0)
     encoding = build_encoding(cfg.encoding.name, units, importance, **plain(cfg.encoding.params))
-    rng = random.Random(cfg.seed)
-    cost.verify([encoding.decode(encoding.random_genome(rng)) for _ in range(2)])
+    cost = encoding.cost_model(model, x0, random.Random(cfg.seed))
 
     fit = cfg.fitness
     calib = list(loader(bundle, "val", fit.get("batch_size", 256), device, limit=fit.get("samples"))) if fit.name != "taylor_proxy" else []
@@ -174,8 +171,8 @@ def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, 
                                                for k, v in r.items() if k != "genome"} for r in records])
     plot_fitness(generations, directory / "fitness.png")
     plot_pareto(records, front, picks, directory / "pareto.png")
-    ratios = {name: [k / u.channels for k, u in zip(r["keep_counts"], units)] for name, r in picks.items()}
-    plot_keep_ratios([u.name for u in units], ratios, directory / "keep_ratios.png")
+    plot_keep_ratios(encoding.layer_names(), {name: r["keep_ratios"] for name, r in picks.items()},
+                     directory / "keep_ratios.png")
     summary = {
         "run_dir": str(directory.resolve()),
         "baseline": str(baseline_path.resolve()),
