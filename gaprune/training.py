@@ -92,8 +92,10 @@ def train(
     desc: str = "train",
     start_epoch: int = 0,
     optimizer_state: tuple[torch.optim.Optimizer, Any] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train in place; returns per-epoch history. KD from `teacher` when given."""
+    """Train in place; returns per-epoch history. KD from `teacher` when given; `after_step`
+    runs after every optimizer step (e.g. to re-apply unstructured weight masks)."""
     config.validate()
     optimizer, scheduler = optimizer_state or make_optimizer(model, config)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
@@ -120,6 +122,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if after_step is not None:
+                after_step()
             seen += y.numel()
             total_loss += loss.item() * y.numel()
             correct += (logits.argmax(1) == y).sum().item()
