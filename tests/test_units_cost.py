@@ -298,3 +298,23 @@ def test_cost_model_of_a_model_on_the_gpu() -> None:
     plan = _random_plans(units, 1, seed=4, extreme=False)[0]
     assert cost.cost(plan) == reference.cost(plan)
     assert cost.verify([plan]) is True
+
+
+@pytest.mark.parametrize("key", ["lenet5", "vgg16-paper", "resnet20"])
+def test_sliced_state_runs_the_physically_pruned_network(key: str) -> None:
+    """functional_call with sliced tensors == the torch-pruning pruned model, no copy needed."""
+    from torch.func import functional_call
+
+    from gaprune.units import sliced_state
+
+    model, units, x0 = _setup(key)
+    _randomise_bn(model, seed=1)
+    model.eval()
+    x = torch.randn(5, *x0.shape[1:], generator=torch.Generator().manual_seed(0))
+    for plan in _random_plans(units, 3, seed=4):
+        with torch.no_grad():
+            expected = prune_model(model, units, plan, x0).eval()(x)
+            got = functional_call(model, sliced_state(model, units, plan), (x,))
+        assert got.shape == expected.shape
+        assert torch.allclose(got, expected, atol=1e-5)
+        assert not torch.allclose(got, model(x), atol=1e-3)  # pruning really changed the output
