@@ -7,6 +7,7 @@ and the same seeded batches on CPU and GPU. torchvision is imported lazily (~2.5
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class DataBundle:
     name: str
     hflip: bool = False  # horizontal flips are label-preserving (CIFAR), not for digits
     crop_padding: int = 4  # zero padding of the random-crop augmentation
+    classes: tuple[str, ...] = ()  # class names where the dataset has them (imagefolder)
 
 
 @dataclass
@@ -67,6 +69,7 @@ class _Raw:
     std: tuple[float, ...]
     hflip: bool
     crop_padding: int
+    classes: tuple[str, ...] = ()
 
 
 DATASETS: Registry[Callable[[str, bool], _Raw]] = Registry("dataset")
@@ -125,15 +128,29 @@ def _check_limit(label: str, value: int | None) -> None:
 
 def load_dataset(name: str, data_dir: str = "data", download: bool = False,
                  val_fraction: float = 0.1, seed: int = 0, train_limit: int | None = None,
-                 test_limit: int | None = None) -> DataBundle:
+                 test_limit: int | None = None, image_size: int | None = None) -> DataBundle:
     """Load a dataset with a validation split held out of train (test is never used for
     selection). `train_limit` caps the training pool *before* the validation hold-out, so
-    train+val == train_limit; subsets and the split are stratified and seeded."""
+    train+val == train_limit; subsets and the split are stratified and seeded.
+
+    `image_size` is passed to loaders that take it (`imagefolder`, default 32); datasets with a
+    fixed geometry (digits, mnist, cifar) reject a different value."""
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction <= 0.5:
         raise GapruneError(f"val_fraction={val_fraction!r} must be in (0, 0.5]")
     _check_limit("train_limit", train_limit)
     _check_limit("test_limit", test_limit)
-    raw = DATASETS.get(name)(str(data_dir), bool(download))
+    _check_limit("image_size", image_size)
+    fn = DATASETS.get(name)
+    if image_size is not None and "image_size" in inspect.signature(fn).parameters:
+        raw = fn(str(data_dir), bool(download), image_size=image_size)
+    else:
+        raw = fn(str(data_dir), bool(download))
+        native = int(raw.train.x.shape[-1])
+        if image_size is not None and image_size != native:
+            raise GapruneError(
+                f"dataset '{name}' has a fixed image size of {native}, not image_size={image_size}; "
+                "image_size only applies to imagefolder"
+            )
     gen = torch.Generator().manual_seed(int(seed))
     pool, test = raw.train, raw.test
     if train_limit is not None and train_limit < len(pool):
@@ -152,6 +169,7 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False,
         train=train, val=val, test=test, num_classes=raw.num_classes,
         in_channels=int(train.x.shape[1]), image_size=int(train.x.shape[-1]),
         mean=raw.mean, std=raw.std, name=name, hflip=raw.hflip, crop_padding=raw.crop_padding,
+        classes=tuple(raw.classes),
     )
 
 
@@ -228,6 +246,112 @@ for _name, _classes, _mean, _std in (("cifar10", 10, CIFAR10_MEAN, CIFAR10_STD),
                                      ("cifar100", 100, CIFAR100_MEAN, CIFAR100_STD)):
     DATASETS.register(_name)(
         functools.partial(_load_cifar, _name, num_classes=_classes, mean=_mean, std=_std))
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _scan_image_folder(root: Path) -> dict[str, list[Path]]:
+    """class name -> sorted image files, for torchvision's ImageFolder layout `root/<class>/*`
+    (files may sit in nested folders below the class folder)."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return {
+        c: sorted(p for p in (root / c).rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        for c in classes
+    }
+
+
+def _read_images(files: Sequence[Path], size: int) -> torch.Tensor:
+    """Decode to RGB, resize the shorter side to `size` and centre-crop size x size (the usual
+    Resize+CenterCrop; square images are just resized); uint8 (N, 3, size, size)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                w, h = img.size
+                scale = size / min(w, h)
+                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                if (nw, nh) != (w, h):
+                    img = img.resize((nw, nh), Image.BILINEAR)
+                left, top = (nw - size) // 2, (nh - size) // 2
+                img = img.crop((left, top, left + size, top + size))
+                out[i] = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise GapruneError(f"imagefolder: cannot read image '{path}' ({err}); remove or "
+                               "replace it") from None
+    return out
+
+
+def _channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in [0, 1] units of a uint8 (N, C, H, W) tensor, in chunks."""
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    for lo in range(0, x.shape[0], chunk):
+        part = x[lo:lo + chunk].to(torch.float64) / 255.0
+        total += part.sum(dim=(0, 2, 3))
+        squares += (part * part).sum(dim=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+@DATASETS.register("imagefolder")
+def _load_imagefolder(data_dir: str, download: bool, image_size: int = 32) -> _Raw:
+    """Any RGB classification dataset in torchvision's ImageFolder layout:
+    `<data_dir>/train/<class>/*` and `<data_dir>/test/<class>/*` (classes sorted by name, as
+    ImageFolder numbers them; test may hold a subset of the train classes).
+
+    Every image is decoded once, resized (shorter side) and centre-cropped to image_size, and
+    kept in memory as uint8: N*3*S*S bytes (50k images at 32 px = 150 MB, at 64 px = 600 MB),
+    so this is meant for small and medium datasets. mean/std are computed from the train
+    folder (before the validation hold-out). Augmentation: random crop with S//8 zero padding
+    and horizontal flips (natural images)."""
+    if download:
+        raise GapruneError("imagefolder has nothing to download; set download=false and put the "
+                           f"images under '{data_dir}/train/<class>/' and '{data_dir}/test/<class>/'")
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
+        raise GapruneError(f"image_size={image_size!r} must be a positive integer")
+    root = Path(data_dir)
+    splits: dict[str, dict[str, list[Path]]] = {}
+    for split in ("train", "test"):
+        folder = root / split
+        if not folder.is_dir():
+            raise GapruneError(
+                f"imagefolder: no '{split}' folder at '{folder}'; expected "
+                f"'{root}/train/<class>/<image>' and '{root}/test/<class>/<image>' "
+                "(set dataset.data_dir to the folder that holds train/ and test/)"
+            )
+        found = _scan_image_folder(folder)
+        if not found or not any(found.values()):
+            raise GapruneError(
+                f"imagefolder: '{folder}' holds no images in class sub-folders "
+                f"(expected '{folder}/<class>/<image>' with one of {', '.join(IMAGE_EXTENSIONS)})"
+            )
+        splits[split] = found
+    classes = list(splits["train"])
+    empty = [c for c in classes if not splits["train"][c]]
+    if empty:
+        raise GapruneError(f"imagefolder: train class folder(s) without images under "
+                           f"'{root / 'train'}': {', '.join(empty)}")
+    unknown = [c for c, files in splits["test"].items() if files and c not in splits["train"]]
+    if unknown:
+        raise GapruneError(f"imagefolder: test classes not in '{root / 'train'}': "
+                           f"{', '.join(unknown)}")
+    index = {c: i for i, c in enumerate(classes)}
+    raw: list[TensorSplit] = []
+    for split in ("train", "test"):
+        files = [(p, index[c]) for c, paths in splits[split].items() for p in paths]
+        x = _read_images([p for p, _ in files], image_size)
+        raw.append(TensorSplit(x, torch.tensor([y for _, y in files], dtype=torch.int64)))
+    mean, std = _channel_stats(raw[0].x)
+    return _Raw(raw[0], raw[1], len(classes), mean, std, hflip=True,
+                crop_padding=max(1, image_size // 8), classes=tuple(classes))
 
 
 class TensorLoader:

@@ -25,7 +25,8 @@ def run_dir() -> Path:
 def load_bundle(cfg: DictConfig) -> DataBundle:
     data = cfg.dataset
     return load_dataset(data.name, data_dir=data.data_dir, download=data.download, val_fraction=data.val_fraction,
-                        seed=cfg.seed, train_limit=data.train_limit, test_limit=data.test_limit)
+                        seed=cfg.seed, train_limit=data.train_limit, test_limit=data.test_limit,
+                        image_size=data.get("image_size"))
 
 
 def loader(bundle: DataBundle, split: str, batch_size: int, device, seed: int = 0, train: bool = False,

@@ -182,3 +182,110 @@ def test_real_mnist(mnist_root: Path) -> None:
     x = torch.cat([b for b, _ in make_loader(bundle, "test", 2000)])
     # 2-px zero padding lowers the mean below MNIST's official 0.1307 (784/1024 of it)
     assert x.mean().item() == pytest.approx((0.1325 * 784 / 1024 - 0.1307) / 0.3081, abs=0.01)
+
+
+def _image_folder(root: Path, classes: dict[str, int], size: tuple[int, int] = (20, 12),
+                  colors: dict[str, tuple[int, int, int]] | None = None) -> None:
+    """`root/<class>/img<i>.png`, a flat colour per class (shade varies with i)."""
+    from PIL import Image
+
+    for c, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True)
+        base = (colors or {}).get(name, (40 * c, 255 - 60 * c, 100))
+        for i in range(count):
+            rgb = tuple(min(255, v + 2 * i) for v in base)
+            Image.new("RGB", size, rgb).save(folder / f"img{i}.png")
+
+
+@pytest.fixture()
+def tiny_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "tiny"
+    _image_folder(root / "train", {"cat": 6, "dog": 6, "emu": 6})
+    _image_folder(root / "test", {"cat": 2, "dog": 2, "emu": 2})
+    return root
+
+
+def test_imagefolder_loads_resized_rgb_uint8(tiny_folder: Path) -> None:
+    bundle = load_dataset("imagefolder", data_dir=str(tiny_folder), val_fraction=0.2, seed=0)
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (14, 4, 6)
+    assert bundle.train.x.shape[1:] == (3, 32, 32) and bundle.train.x.dtype == torch.uint8
+    assert (bundle.num_classes, bundle.in_channels, bundle.image_size) == (3, 3, 32)
+    assert bundle.classes == ("cat", "dog", "emu")  # sorted names -> 0, 1, 2 as ImageFolder does
+    assert torch.bincount(bundle.test.y).tolist() == [2, 2, 2]
+    pool = torch.cat([bundle.train.y, bundle.val.y])
+    assert torch.bincount(pool).tolist() == [6, 6, 6]
+    # flat colours survive the resize; class 1 ("dog") of the test split is (40, 195, 100)+2i
+    dog = bundle.test.x[bundle.test.y == 1]
+    assert dog[0, :, 0, 0].tolist() == [40, 195, 100]
+    assert torch.all(dog[0] == dog[0][:, :1, :1])
+    # mean/std per channel from the train folder, in [0, 1] units
+    train = torch.cat([bundle.train.x, bundle.val.x]).float() / 255
+    assert bundle.mean == pytest.approx(train.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert bundle.std == pytest.approx(train.std(dim=(0, 2, 3), unbiased=False).tolist(), abs=1e-5)
+    assert bundle.hflip and bundle.crop_padding == 4
+    xb, yb = next(iter(make_loader(bundle, "train", 8, shuffle=True, augment=True)))
+    assert xb.shape == (8, 3, 32, 32) and xb.dtype == torch.float32 and yb.shape == (8,)
+
+
+def test_imagefolder_image_size_and_test_subset_of_classes(tmp_path: Path) -> None:
+    root = tmp_path / "sized"
+    _image_folder(root / "train", {"a": 4, "b": 4, "c": 4}, size=(30, 10))
+    _image_folder(root / "test", {"c": 3})  # test may hold fewer classes
+    bundle = load_dataset("imagefolder", data_dir=str(root), image_size=16, val_fraction=0.25)
+    assert bundle.train.x.shape[1:] == (3, 16, 16) and bundle.image_size == 16
+    assert bundle.num_classes == 3 and bundle.test.y.tolist() == [2, 2, 2]
+    assert bundle.crop_padding == 2
+    same = load_dataset("imagefolder", data_dir=str(root), image_size=16, val_fraction=0.25)
+    assert torch.equal(same.train.x, bundle.train.x) and torch.equal(same.val.y, bundle.val.y)
+
+
+def test_image_size_is_only_for_resizable_datasets() -> None:
+    assert load_dataset("digits", image_size=32).image_size == 32  # its own size is fine
+    with pytest.raises(GapruneError, match="fixed image size of 32.*image_size=64"):
+        load_dataset("digits", image_size=64)
+    with pytest.raises(GapruneError, match="image_size=0"):
+        load_dataset("digits", image_size=0)
+
+
+def test_imagefolder_missing_or_empty_folders_raise(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    with pytest.raises(GapruneError, match="no 'train' folder") as info:
+        load_dataset("imagefolder", data_dir=str(missing))
+    assert str(missing / "train") in str(info.value) and "\n" not in str(info.value)
+
+    no_test = tmp_path / "no_test"
+    _image_folder(no_test / "train", {"a": 3, "b": 3})
+    with pytest.raises(GapruneError, match="no 'test' folder") as info:
+        load_dataset("imagefolder", data_dir=str(no_test))
+    assert str(no_test / "test") in str(info.value)
+
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    (empty / "test").mkdir()
+    with pytest.raises(GapruneError, match="holds no images") as info:
+        load_dataset("imagefolder", data_dir=str(empty))
+    assert str(empty / "train") in str(info.value)
+
+    stray = tmp_path / "stray"
+    _image_folder(stray / "train", {"a": 3, "b": 3})
+    _image_folder(stray / "test", {"a": 1, "zebra": 1})
+    with pytest.raises(GapruneError, match="test classes not in .*zebra"):
+        load_dataset("imagefolder", data_dir=str(stray))
+
+    gap = tmp_path / "gap"
+    _image_folder(gap / "train", {"a": 3})
+    (gap / "train" / "b").mkdir()
+    _image_folder(gap / "test", {"a": 1})
+    with pytest.raises(GapruneError, match="without images.*: b"):
+        load_dataset("imagefolder", data_dir=str(gap))
+
+    broken = tmp_path / "broken"
+    _image_folder(broken / "train", {"a": 3, "b": 3})
+    _image_folder(broken / "test", {"a": 1})
+    (broken / "train" / "a" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(GapruneError, match="cannot read image .*bad.png"):
+        load_dataset("imagefolder", data_dir=str(broken))
+
+    with pytest.raises(GapruneError, match="nothing to download"):
+        load_dataset("imagefolder", data_dir=str(broken), download=True)

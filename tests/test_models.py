@@ -12,7 +12,8 @@ from torch import nn
 from gaprune.errors import GapruneError
 from gaprune.models import MODELS, build_model, output_layer
 
-OWN = ["lenet5", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56"]
+OWN = ["lenet5", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56",
+       "resnet18", "mobilenetv2"]
 
 
 def _input_for(name: str) -> tuple[int, torch.Tensor]:
@@ -124,7 +125,8 @@ def _groups(model: nn.Module, x: torch.Tensor, roots: list[type]) -> tuple[tp.De
 
 @pytest.mark.parametrize("name,kwargs,expected", [
     ("vgg16", {}, 13), ("vgg16", {"head": "paper"}, 13), ("resnet56", {}, 30),
-    ("resnet20", {}, 12), ("resnet32", {}, 18), ("vgg11", {}, 8),
+    ("resnet20", {}, 12), ("resnet32", {}, 18), ("vgg11", {}, 8), ("resnet18", {}, 12),
+    ("mobilenetv2", {}, 25), ("mobilenetv2", {"width_mult": 0.5}, 25),
 ])
 def test_dependency_graph_group_counts(name: str, kwargs: dict, expected: int) -> None:
     model = build_model(name, 10, 3, 32, **kwargs)
@@ -158,3 +160,84 @@ def test_pruning_a_residual_stage_group_keeps_resnet20_runnable() -> None:
         assert model(x).shape == (2, 10)
     macs_after, params_after = tp.utils.count_ops_and_params(model, x)
     assert macs_after < macs_before and params_after < params_before
+
+
+def test_resnet18_cifar_geometry() -> None:
+    model = build_model("resnet18", 100, 3, 32)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert model.conv1.out_channels == 64 and model.fc.in_features == 512
+    stages = [model.layer1, model.layer2, model.layer3, model.layer4]
+    assert [len(s) for s in stages] == [2, 2, 2, 2]
+    assert [s[0].conv2.out_channels for s in stages] == [64, 128, 256, 512]
+    assert model.layer1[0].shortcut is None and all(s[1].shortcut is None for s in stages)
+    for stage in stages[1:]:
+        conv, bn = stage[0].shortcut
+        assert conv.kernel_size == (1, 1) and conv.stride == (2, 2) and isinstance(bn, nn.BatchNorm2d)
+    assert sum(p.numel() for p in model.parameters()) == 11_220_132  # the usual CIFAR ResNet-18
+    assert build_model("resnet18", 10, 3, 32, width=16).fc.in_features == 128
+
+
+def test_mobilenetv2_cifar_geometry_and_width_mult() -> None:
+    model = build_model("mobilenetv2", 10, 3, 32)
+    assert model.conv1.stride == (1, 1) and model.conv1.out_channels == 32
+    assert len(model.layers) == 17 and model.fc.in_features == 1280
+    assert model.layers[0].conv1 is None  # expansion 1: no expand conv
+    depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 17 and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    # 32x32 -> 4x4 at the head: strides 1 (stem), 1, 1, 2, 2, 1, 2, 1
+    assert [b.stride for b in model.layers] == [1, 1, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]
+    assert [b.use_residual for b in model.layers].count(True) == 10
+    seen: list[torch.Size] = []
+    model.conv2.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    model.eval()(torch.randn(1, 3, 32, 32))
+    assert seen == [(1, 1280, 4, 4)]
+    half = build_model("mobilenetv2", 10, 3, 32, width_mult=0.5)
+    assert half.conv1.out_channels == 16 and half.layers[-1].conv3.out_channels == 160
+    assert half.fc.in_features == 1280  # the last width never shrinks below 1280
+    assert build_model("mobilenetv2", 10, 3, 64).eval()(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    with pytest.raises(GapruneError, match="width_mult"):
+        build_model("mobilenetv2", 10, 3, 32, width_mult=0)
+
+
+@pytest.mark.parametrize("name,units_expected", [("resnet18", 12), ("mobilenetv2", 25)])
+def test_new_models_prune_and_analytic_cost_matches_torch_pruning(name: str, units_expected: int) -> None:
+    import random
+
+    from gaprune.cost import CostModel
+    from gaprune.encodings import build_encoding
+    from gaprune.importance import compute_importance
+    from gaprune.units import ChannelMasker, count_macs_params, discover_units, prune_model
+
+    torch.manual_seed(0)
+    model = build_model(name, 10, 3, 32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    units = discover_units(model, x)
+    assert len(units) == units_expected
+    for unit in units:  # depthwise convs ride along with their producer, never roots
+        root = model.get_submodule(unit.name)
+        assert root.groups == 1
+    if name == "mobilenetv2":
+        owner = {m: u.name for u in units for m in u.out_modules}
+        for i, block in enumerate(model.layers):
+            producer = "conv1" if block.conv1 is None else f"layers.{i}.conv1"
+            assert owner[f"layers.{i}.conv2"] == producer
+    importance = compute_importance("l1", model, units, lambda: [], 0)
+    encoding = build_encoding("ratio", units, importance, r_min=0.2)
+    cost = CostModel(model, units, x)
+    rng = random.Random(0)
+    plans = [encoding.decode(encoding.random_genome(rng)) for _ in range(3)]
+    batch = torch.randn(2, 3, 32, 32)
+    masker = ChannelMasker(model, units)
+    for plan in plans:
+        pruned = prune_model(model, units, plan, x)
+        assert cost.cost(plan) == count_macs_params(pruned, x)
+        with torch.no_grad():
+            out = pruned(batch)
+            masker.set_plans([plan])
+            masked = model(batch)
+            masker.set_plans(None)
+        assert out.shape == (2, 10)
+        assert torch.allclose(out, masked, atol=1e-4, rtol=1e-4)  # masking == physical pruning
+    masker.remove()
+    assert cost.verify(plans) and not cost.exact
+    assert cost.cost(plans[0])[0] < cost.base_macs

@@ -105,6 +105,6 @@ def output_layer(model: nn.Module) -> nn.Module:
 
 
 # Registration side effects; imported last because the modules import MODELS from here.
-from gaprune.models import lenet, resnet_cifar, vgg  # noqa: E402,F401
+from gaprune.models import lenet, mobilenetv2, resnet_cifar, vgg  # noqa: E402,F401
 
 __all__ = ["MODELS", "build_model", "output_layer", "init_weights"]

@@ -1,4 +1,4 @@
-"""CIFAR ResNet-20/32/56 (He et al. 2016) with 1x1-conv+BN shortcuts (option B).
+"""CIFAR ResNet-20/32/56 (He et al. 2016) and ResNet-18, with 1x1-conv+BN shortcuts (option B).
 
 The zero-padding shortcut (option A) breaks when coupled residual channels are pruned,
 so projection shortcuts are used wherever stride or width changes.
@@ -79,3 +79,40 @@ def _register(depth: int) -> None:
 
 for _depth in (20, 32, 56):
     _register(_depth)
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18 for 32x32 inputs: 3x3 stem (no max-pool), four stages of two BasicBlocks at
+    widths w, 2w, 4w, 8w (64..512), strides 1, 2, 2, 2, global avg pool, Linear.
+
+    torch-pruning sees 12 channel groups: 8 block inner convs + 4 residual stages (the stem is
+    coupled with stage 1 through its identity shortcuts).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, width: int = 64) -> None:
+        super().__init__()
+        if width < 1:
+            raise GapruneError(f"ResNet-18 width={width} must be a positive integer")
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        planes = width
+        stages = []
+        for stage, stride in enumerate((1, 2, 2, 2)):
+            out = width * 2**stage
+            stages.append(nn.Sequential(BasicBlock(planes, out, stride), BasicBlock(out, out, 1)))
+            planes = out
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.fc = nn.Linear(planes, num_classes)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+@MODELS.register("resnet18")
+def build_resnet18(num_classes: int, in_channels: int, image_size: int, width: int = 64) -> nn.Module:
+    """CIFAR ResNet-18; `width` is the first stage's channels (64)."""
+    return CifarResNet18(num_classes, in_channels, width=width)
