@@ -1,7 +1,9 @@
 """Checkpoints as state_dict + metadata, loaded with weights_only=True.
 
 A pruned model is stored as state_dict + plan and rebuilt (baseline architecture -> physical
-pruning by the plan -> load weights), never unpickled as a module.
+pruning by the plan -> load weights), never unpickled as a module. A weight-masked (unstructured)
+model is stored as its dense state_dict with the masked weights at zero plus the SparsePlan JSON
+under "sparse_plan"; it is rebuilt dense, loaded, and its masks re-applied.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from gaprune.plan import Plan
 
 BASELINE = "gaprune-baseline"
 PRUNED = "gaprune-pruned"
+SPARSE = "gaprune-sparse"
 
 
 def model_from_meta(meta: dict[str, Any]) -> nn.Module:
@@ -34,14 +37,19 @@ def example_input(meta: dict[str, Any]) -> torch.Tensor:
     return torch.zeros(1, data["in_channels"], data["image_size"], data["image_size"])
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], plan: Plan | None = None) -> None:
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], plan: Any = None) -> None:
+    """`plan`: None (baseline), a channel `Plan` (physically pruned model) or a `SparsePlan`
+    (dense model whose masked weights are zero)."""
+    from gaprune.sparsity import SparsePlan
+
+    sparse = isinstance(plan, SparsePlan)
     payload = {
-        "format": PRUNED if plan is not None else BASELINE,
+        "format": SPARSE if sparse else PRUNED if plan is not None else BASELINE,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta,
     }
     if plan is not None:
-        payload["plan"] = plan.to_json()
+        payload["sparse_plan" if sparse else "plan"] = plan.to_json()
     atomic_torch_save(payload, path)
 
 
@@ -67,13 +75,15 @@ def read_checkpoint(path: str | Path, hint: str = "") -> dict[str, Any]:
     except Exception as err:  # damaged archives
         raise GapruneError(f"checkpoint '{path}' is corrupt or not a torch file ({type(err).__name__}); "
                            "delete it and re-create it") from None
-    if not isinstance(payload, dict) or payload.get("format") not in (BASELINE, PRUNED) or "state_dict" not in payload:
+    if not isinstance(payload, dict) or payload.get("format") not in (BASELINE, PRUNED, SPARSE) or "state_dict" not in payload:
         raise GapruneError(f"'{path}' is not a gaprune checkpoint (no format/state_dict); re-create it with train.py")
     return payload
 
 
-def load_model(path: str | Path, expect_model: str | None = None, hint: str = "") -> tuple[nn.Module, dict[str, Any], Plan | None]:
-    """Rebuild a baseline or pruned model from its checkpoint; returns (model, meta, plan)."""
+def load_model(path: str | Path, expect_model: str | None = None, hint: str = "") -> tuple[nn.Module, dict[str, Any], Any]:
+    """Rebuild a baseline, pruned or weight-masked model from its checkpoint; returns
+    (model, meta, plan) with plan None, a `Plan` or a `SparsePlan`."""
+    from gaprune.sparsity import SparsePlan, apply_masks_permanently
     from gaprune.units import discover_units, prune_model
 
     payload = read_checkpoint(path, hint)
@@ -93,4 +103,16 @@ def load_model(path: str | Path, expect_model: str | None = None, hint: str = ""
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as err:
         raise GapruneError(f"checkpoint '{path}' does not fit model {meta['model']['name']}: {str(err).splitlines()[0]}") from None
+    if payload["format"] == SPARSE:
+        plan = SparsePlan.from_json(payload.get("sparse_plan") or {})
+        for name, mask in plan.masks.items():
+            try:
+                weight = model.get_submodule(name).weight
+            except AttributeError:
+                raise GapruneError(f"checkpoint '{path}': its sparse plan names layer '{name}', which "
+                                   f"{meta['model']['name']} does not have") from None
+            if tuple(weight.shape) != tuple(mask.shape):
+                raise GapruneError(f"checkpoint '{path}': mask of layer '{name}' has shape {tuple(mask.shape)} but "
+                                   f"the weight has {tuple(weight.shape)}")
+        apply_masks_permanently(model, plan.masks)
     return model.eval(), meta, plan

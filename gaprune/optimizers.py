@@ -103,7 +103,8 @@ class Optimizer:
     def mate(self, a: Individual, b: Individual) -> None:
         n = self.encoding.n_real
         ra, rb = list(a[:n]), list(b[:n])
-        tools.cxSimulatedBinaryBounded(ra, rb, eta=self.config.eta_cx, low=self.encoding.r_min, up=1.0)
+        if ra:
+            tools.cxSimulatedBinaryBounded(ra, rb, eta=self.config.eta_cx, low=self.encoding.low, up=self.encoding.high)
         da, db = list(a[n:]), list(b[n:])
         if da:
             tools.cxUniform(da, db, indpb=0.5)
@@ -113,7 +114,9 @@ class Optimizer:
     def mutate(self, ind: Individual) -> None:
         n = self.encoding.n_real
         reals = list(ind[:n])
-        tools.mutPolynomialBounded(reals, eta=self.config.eta_mut, low=self.encoding.r_min, up=1.0, indpb=self.indpb)
+        if reals:
+            tools.mutPolynomialBounded(reals, eta=self.config.eta_mut, low=self.encoding.low, up=self.encoding.high,
+                                       indpb=self.indpb)
         choices = self.encoding.choices
         discrete = [float((int(g) + random.randrange(1, choices)) % choices)  # a different value (bit flip)
                     if choices > 1 and random.random() < self.indpb else g for g in ind[n:]]

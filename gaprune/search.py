@@ -81,6 +81,10 @@ def validate_search_config(cfg: DictConfig) -> None:
 
 
 def run_search(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.encoding.name == "weight_mask":
+        from gaprune.layerwise import run_layerwise_search
+
+        return run_layerwise_search(cfg)
     validate_search_config(cfg)
     directory, resuming = resolve_resume(cfg, run_dir())
     seed_everything(cfg.seed)
@@ -100,12 +104,15 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     val_batches = lambda: islice(iter(loader(bundle, "val", imp.batch_size, device)), int(imp.batches))  # noqa: E731
     importance = compute_importance(imp.name, model, units, val_batches, cfg.seed, cache)
 
-    encoding = build_encoding(cfg.encoding.name, units, importance, **plain(cfg.encoding.params))
+    encoding = build_encoding(cfg.encoding.name, units, importance, model=model, **plain(cfg.encoding.params))
     cost = encoding.cost_model(model, x0, random.Random(cfg.seed))
 
     fit = cfg.fitness
     calib = list(loader(bundle, "val", fit.get("batch_size", 256), device, limit=fit.get("samples"))) if fit.name != "taylor_proxy" else []
-    context = FitnessContext(model=model, units=units, importance=importance, calib=calib, device=device)
+    train_batches = lambda batch_size, augment=True: loader(  # noqa: E731  (fresh seeded loader per call)
+        bundle, "train", batch_size, device, cfg.seed, train=True, augment=augment and bool(cfg.dataset.augment))
+    context = FitnessContext(model=model, units=units, importance=importance, calib=calib, device=device,
+                             train_batches=train_batches, seed=int(cfg.seed))
     fitness = build_fitness(fit.name, context, **plain(fit.params))
     objective = Objective(**plain(cfg.objective))
     problem = Problem(encoding, fitness, cost, objective, objectives=list(cfg.optimizer.objectives))

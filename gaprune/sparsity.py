@@ -61,6 +61,13 @@ class SparsePlan:
         return cls(masks)
 
 
+def plan_from_json(data: dict[str, Any]):
+    """A channel Plan ({'units': ...}) or a SparsePlan ({'layers': ...}) from its JSON."""
+    from gaprune.plan import Plan
+
+    return SparsePlan.from_json(data) if "layers" in data else Plan.from_json(data)
+
+
 def magnitude_masks(model: nn.Module, sparsity: dict[str, float]) -> dict[str, torch.Tensor]:
     """Per layer, keep the (1 - s) fraction of weights with the largest |w| (at least one)."""
     masks = {}
