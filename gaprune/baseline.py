@@ -79,3 +79,17 @@ def dataset_matches(meta: dict[str, Any], cfg: DictConfig, path: Path) -> None:
             "point baseline= at the right checkpoint"
         )
 
+
+
+def prepare_baseline(cfg: DictConfig, directory: Path) -> tuple[Path, Any, dict[str, Any]]:
+    """(path, model, meta) of the baseline to prune: trained first when missing (and allowed),
+    checked against model= and dataset=."""
+    from gaprune.checkpoint import load_model
+
+    path = ensure_baseline(cfg, directory)
+    model, meta, pruned = load_model(path, expect_model=cfg.model.name,
+                                     hint=f"train it with: python train.py model={cfg.model.name} dataset={cfg.dataset.name}")
+    if pruned is not None:
+        raise GapruneError(f"baseline='{path}' is already pruned; give an unpruned baseline checkpoint")
+    dataset_matches(meta, cfg, path)
+    return path, model, meta

@@ -1,18 +1,17 @@
-"""Datasets as in-memory tensors plus a tensor loader.
+"""Datasets as in-memory tensors, from a registry (digits, mnist, cifar10/100, imagefolder).
 
-Small image datasets fit in memory (CIFAR-10 is 150 MB as uint8), so whole splits live on
-the device and batches are sliced there: no DataLoader workers, no per-sample PIL transforms,
-and the same seeded batches on CPU and GPU. torchvision is imported lazily (~2.5 s).
+Small image datasets fit in memory (CIFAR-10 is 150 MB as uint8), so whole splits are kept as
+tensors and moved to the device once; `gaprune.loaders` batches them there. torchvision is
+imported lazily (~2.5 s).
 """
 from __future__ import annotations
 
 import functools
 import inspect
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +22,6 @@ from gaprune.registry import Registry
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -121,7 +119,8 @@ def _stratified_order(y: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return perm[torch.sort(quantile, stable=True).indices]
 
 
-def _check_limit(label: str, value: int | None) -> None:
+def check_limit(label: str, value: int | None) -> None:
+    """A sample/size cap is a positive int, or None for no cap."""
     if value is not None and (not isinstance(value, int) or value < 1):
         raise GapruneError(f"{label}={value!r} must be a positive integer or null")
 
@@ -137,9 +136,9 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False,
     fixed geometry (digits, mnist, cifar) reject a different value."""
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction <= 0.5:
         raise GapruneError(f"val_fraction={val_fraction!r} must be in (0, 0.5]")
-    _check_limit("train_limit", train_limit)
-    _check_limit("test_limit", test_limit)
-    _check_limit("image_size", image_size)
+    check_limit("train_limit", train_limit)
+    check_limit("test_limit", test_limit)
+    check_limit("image_size", image_size)
     fn = DATASETS.get(name)
     if image_size is not None and "image_size" in inspect.signature(fn).parameters:
         raw = fn(str(data_dir), bool(download), image_size=image_size)
@@ -352,99 +351,3 @@ def _load_imagefolder(data_dir: str, download: bool, image_size: int = 32) -> _R
     mean, std = _channel_stats(raw[0].x)
     return _Raw(raw[0], raw[1], len(classes), mean, std, hflip=True,
                 crop_padding=max(1, image_size // 8), classes=tuple(classes))
-
-
-class TensorLoader:
-    """Batches `(x, y)` from a device-resident split; x is float32, normalised.
-
-    Each `__iter__` is one epoch; shuffling and augmentation draw from a CPU generator
-    seeded by (seed, epoch), so the batch sequence is reproducible and device-independent.
-    """
-
-    def __init__(self, split: TensorSplit, batch_size: int, mean: Sequence[float],
-                 std: Sequence[float], shuffle: bool = False, augment: bool = False,
-                 device: str | torch.device = "cpu", seed: int = 0, drop_last: bool = False,
-                 hflip: bool = False, crop_padding: int = 4) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise GapruneError(f"batch_size={batch_size!r} must be a positive integer")
-        channels = split.x.shape[1]
-        if len(mean) != channels or len(std) != channels:
-            raise GapruneError(
-                f"mean/std have {len(mean)}/{len(std)} entries but the data has {channels} "
-                "channels; give one value per channel"
-            )
-        self.device = torch.device(device)
-        self.x = split.x.to(self.device)
-        self.y = split.y.to(self.device)
-        self.scale = 255.0 if self.x.dtype == torch.uint8 else 1.0
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
-        self.seed, self.drop_last = int(seed), drop_last
-        self.hflip, self.crop_padding = hflip, int(crop_padding)
-        self.num_samples = len(split)
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Continue a resumed run with the batches that epoch would have had."""
-        self.epoch = int(epoch)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63))
-        self.epoch += 1
-        n = self.num_samples
-        perm = torch.randperm(n, generator=gen).to(self.device) if self.shuffle else None
-        offsets = flips = None
-        if self.augment:
-            p = self.crop_padding
-            offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=gen).to(self.device)
-            flips = (torch.rand(n, generator=gen) < 0.5).to(self.device) if self.hflip else None
-        for b in range(len(self)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
-            if perm is None:
-                xb, yb = self.x[lo:hi], self.y[lo:hi]
-            else:
-                idx = perm[lo:hi]
-                xb, yb = self.x[idx], self.y[idx]
-            xb = xb.float()
-            if self.scale != 1.0:
-                xb = xb / self.scale
-            if offsets is not None:
-                xb = self._augment(xb, offsets[lo:hi], None if flips is None else flips[lo:hi])
-            yield (xb - self.mean) / self.std, yb
-
-    def _augment(self, xb: torch.Tensor, offsets: torch.Tensor,
-                 flips: torch.Tensor | None) -> torch.Tensor:
-        """Batched random crop from a zero-padded image, then optional horizontal flip."""
-        p = self.crop_padding
-        bsz, ch, h, w = xb.shape
-        if p > 0:
-            padded = F.pad(xb, (p, p, p, p))
-            rows = (offsets[:, 0:1] + torch.arange(h, device=xb.device)).view(bsz, 1, h, 1)
-            cols = (offsets[:, 1:2] + torch.arange(w, device=xb.device)).view(bsz, 1, 1, w)
-            bidx = torch.arange(bsz, device=xb.device).view(bsz, 1, 1, 1)
-            cidx = torch.arange(ch, device=xb.device).view(1, ch, 1, 1)
-            xb = padded[bidx, cidx, rows, cols]
-        if flips is not None:
-            xb = torch.where(flips.view(-1, 1, 1, 1), xb.flip(3), xb)
-        return xb
-
-
-def make_loader(bundle: DataBundle, split: str, batch_size: int, shuffle: bool = False,
-                augment: bool = False, device: str | torch.device = "cpu", seed: int = 0,
-                limit: int | None = None) -> TensorLoader:
-    """Loader over one split of a bundle; `limit` keeps its first samples (calibration)."""
-    if split not in SPLITS:
-        raise GapruneError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
-    _check_limit("limit", limit)
-    data: TensorSplit = getattr(bundle, split)
-    if limit is not None:
-        data = TensorSplit(data.x[:limit], data.y[:limit])
-    return TensorLoader(data, batch_size, bundle.mean, bundle.std, shuffle=shuffle,
-                        augment=augment, device=device, seed=seed, hflip=bundle.hflip,
-                        crop_padding=bundle.crop_padding)

@@ -2,9 +2,11 @@
 
 Each returns, per plan, a dict with at least "proxy" (higher is better); extra keys are recorded.
 Plans are channel plans (`Plan`: kept channels per unit) or weight-masked plans (`SparsePlan`).
-Forward-pass fitnesses score channel plans `chunk` at a time on the shared baseline (the batch
-is stacked once per plan and forward hooks zero each copy's pruned channels, which equals the
-physically pruned model's output) and sparse plans one at a time with their weight masks on.
+Forward-pass fitnesses score channel plans on the shared baseline without copying it: on CPU each
+plan's pruned network runs from sliced baseline tensors (`execution=sliced`), on GPU `chunk` plans
+share one pass (`masked`: the batch is stacked once per plan and forward hooks zero each copy's
+pruned channels). Both equal the physically pruned model's output. Sparse plans run one at a time
+with their weight masks on.
 """
 from __future__ import annotations
 
@@ -18,17 +20,21 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from gaprune.errors import GapruneError
 from gaprune.plan import Plan
 from gaprune.registry import Registry
 from gaprune.sparsity import SparsePlan, apply_masks_permanently, masked_weights
 from gaprune.training import TrainConfig, evaluate, train
-from gaprune.units import ChannelMasker, PrunableUnit, prune_model
+from gaprune.units import ChannelMasker, PrunableUnit, prune_model, sliced_state
 
 FITNESSES: Registry[type["Fitness"]] = Registry("fitness")
 
 AnyPlan = Plan | SparsePlan
+# How channel plans run: `masked` stacks `chunk` plans on the full baseline with channel masks,
+# `sliced` runs each plan's pruned network from sliced baseline tensors, `auto` picks per device.
+EXECUTIONS = ("auto", "masked", "sliced")
 # train_batches(batch_size, augment) -> a fresh, seeded, shuffled loader over the train split
 TrainBatches = Callable[..., Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -111,17 +117,29 @@ class MaskedForwardFitness(Fitness):
     Subclasses implement `score(plans)`: the model is in eval mode with `plans` applied and each
     calibration batch must be repeated len(plans) times (stacked plan-major)."""
 
-    def __init__(self, context: FitnessContext, chunk: int = 8) -> None:
+    def __init__(self, context: FitnessContext, chunk: int = 8, execution: str = "auto") -> None:
         super().__init__(context)
         if not context.calib:
             raise GapruneError(f"fitness={type(self).__name__} needs calibration data; the validation split is empty")
+        if execution not in EXECUTIONS:
+            raise GapruneError(f"fitness.params.execution={execution!r} is not one of {', '.join(EXECUTIONS)}")
+        if execution == "auto":  # CPU is compute-bound: run the smaller pruned net; GPUs like big stacked batches
+            execution = "sliced" if torch.device(context.device).type == "cpu" else "masked"
+        self.execution = execution
         self.chunk = max(1, int(chunk))
         self._masker: ChannelMasker | None = None
+        self._sliced: dict[str, torch.Tensor] | None = None
 
     @property
     def stackable(self) -> bool:
         """Whether channel plans may share a forward pass (False: one plan at a time)."""
-        return True
+        return self.execution == "masked"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The baseline with the current plans applied (sliced tensors or channel masks)."""
+        if self._sliced is not None:
+            return functional_call(self.context.model, self._sliced, (x,))
+        return self.context.model(x)
 
     def groups(self, plans: Sequence[AnyPlan]) -> list[list[int]]:
         """Indices of the plans scored together: channel plans `chunk` at a time, sparse plans alone."""
@@ -138,6 +156,15 @@ class MaskedForwardFitness(Fitness):
             with masked_weights(model, plans[0].masks):
                 yield
             return
+        if self.execution == "sliced":
+            assert len(plans) == 1
+            self._sliced = sliced_state(model, self.context.units, plans[0])
+            if self._sliced is not None:  # None: grouped convs, fall back to masks
+                try:
+                    yield
+                finally:
+                    self._sliced = None
+                return
         if self._masker is None:
             self._masker = ChannelMasker(model, self.context.units)
         self._masker.set_plans(plans, device=self.context.device)
@@ -187,8 +214,9 @@ class CalibrationAccuracy(MaskedForwardFitness):
 
     def __init__(self, context: FitnessContext, samples: int = 512, batch_size: int = 256, chunk: int = 8,
                  metric: str = "accuracy", adaptive_bn: bool = False, bn_batches: int = 8,
-                 bn_batch_size: int = 64) -> None:
-        super().__init__(context, chunk)
+                 bn_batch_size: int = 64, execution: str = "auto") -> None:
+        # adaptive BN re-estimates the shared model's BN buffers under channel masks
+        super().__init__(context, chunk, "masked" if adaptive_bn else execution)
         if metric not in ("accuracy", "neg_loss"):
             raise GapruneError(f"fitness.metric={metric!r} is not supported; use accuracy or neg_loss")
         self.metric = metric
@@ -209,7 +237,7 @@ class CalibrationAccuracy(MaskedForwardFitness):
 
     @property
     def stackable(self) -> bool:
-        return not self.adaptive_bn
+        return not self.adaptive_bn and super().stackable
 
     def bn_data(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The BN re-estimation batches, drawn once so every plan sees the same ones."""
@@ -230,7 +258,7 @@ class CalibrationAccuracy(MaskedForwardFitness):
         loss = torch.zeros(population, device=device)
         total = 0
         for x, y in self.context.calib:
-            logits = model(self.stacked(x, population)).reshape(population, x.shape[0], -1)
+            logits = self.forward(self.stacked(x, population)).reshape(population, x.shape[0], -1)
             correct += (logits.argmax(-1) == y).float().sum(1)
             loss += F.cross_entropy(logits.transpose(1, 2), y.expand(population, -1), reduction="none").sum(1)
             total += x.shape[0]
@@ -248,8 +276,9 @@ class OutputDistortion(MaskedForwardFitness):
     `data=gaussian` feeds seeded N(0, 1) inputs of the calibration batches' shapes instead of
     real images (data-free). proxy = -distortion (higher is better); both reductions recorded."""
 
-    def __init__(self, context: FitnessContext, reduction: str = "mean", data: str = "real", chunk: int = 8) -> None:
-        super().__init__(context, chunk)
+    def __init__(self, context: FitnessContext, reduction: str = "mean", data: str = "real", chunk: int = 8,
+                 execution: str = "auto") -> None:
+        super().__init__(context, chunk, execution)
         if reduction not in ("mean", "max"):
             raise GapruneError(f"fitness.params.reduction={reduction!r} is not supported; use mean or max")
         if data not in ("real", "gaussian"):
@@ -271,7 +300,7 @@ class OutputDistortion(MaskedForwardFitness):
         worst = torch.zeros(population, device=device, dtype=torch.float64)
         count = 0
         for x, reference in zip(self.inputs, self.reference):
-            logits = self.context.model(self.stacked(x, population)).reshape(population, x.shape[0], -1)
+            logits = self.forward(self.stacked(x, population)).reshape(population, x.shape[0], -1)
             per_sample = (logits - reference).double().pow(2).mean(-1)  # (population, batch)
             total += per_sample.sum(1)
             worst = torch.maximum(worst, per_sample.max(1).values)

@@ -6,7 +6,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gaprune.data import DataBundle, load_dataset, make_loader
+from gaprune.data import DataBundle, load_dataset
+from gaprune.errors import GapruneError
+from gaprune.loaders import make_loader
 from gaprune.tracking import RunLogger
 
 
@@ -20,6 +22,24 @@ def run_dir() -> Path:
         path = Path("outputs/manual")
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def resume_run_dir(cfg: DictConfig, fresh_dir: Path, marker: str, kind: str) -> tuple[Path, bool]:
+    """(run dir, resuming?) from resume=false|true|<run dir>; a resumable run holds `marker`.
+    true picks the newest such run under <output_root>/<task>."""
+    resume = cfg.resume
+    if resume in (None, False, "false"):
+        return fresh_dir, False
+    if resume in (True, "true"):
+        root = Path(cfg.paths.output_root) / cfg.task
+        candidates = sorted((p.parent for p in root.rglob(marker) if p.parent != fresh_dir), key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise GapruneError(f"resume=true but no {kind} run with {marker} under '{root}'; start a new one")
+        return candidates[-1], True
+    path = Path(str(resume))
+    if not (path / marker).is_file():
+        raise GapruneError(f"resume='{path}' is not a {kind} run dir (no {marker}); give the run dir of a {kind}")
+    return path, True
 
 
 def load_bundle(cfg: DictConfig) -> DataBundle:

@@ -13,8 +13,8 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from gaprune.baseline import dataset_matches, ensure_baseline
-from gaprune.checkpoint import example_input, load_model
+from gaprune.baseline import prepare_baseline
+from gaprune.checkpoint import example_input
 from gaprune.encodings import build_encoding, validate_encoding
 from gaprune.errors import GapruneError
 from gaprune.fitness import FITNESSES, FitnessContext, build_fitness
@@ -24,29 +24,12 @@ from gaprune.optimizers import build_optimizer, optimizer_config
 from gaprune.picks import PICKS, knee, pareto_front, pick_plans
 from gaprune.plots import plot_fitness, plot_keep_ratios, plot_pareto
 from gaprune.problem import Objective, Problem
-from gaprune.runtime import load_bundle, loader, make_logger, plain, run_dir
+from gaprune.runtime import load_bundle, loader, make_logger, plain, resume_run_dir, run_dir
 from gaprune.training import resolve_device, seed_everything
 from gaprune.units import discover_units
 
 STATE = "state.json"
 RECORDS = "evaluations.json"
-
-
-def resolve_resume(cfg: DictConfig, fresh_dir: Path) -> tuple[Path, bool]:
-    """(run dir, resuming?) from resume=false|true|<run dir>."""
-    resume = cfg.resume
-    if resume in (None, False, "false"):
-        return fresh_dir, False
-    if resume in (True, "true"):
-        root = Path(cfg.paths.output_root) / "search"
-        candidates = sorted((p.parent for p in root.rglob(STATE) if p.parent != fresh_dir), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise GapruneError(f"resume=true but no search run with {STATE} under '{root}'; start a new search")
-        return candidates[-1], True
-    path = Path(str(resume))
-    if not (path / STATE).is_file():
-        raise GapruneError(f"resume='{path}' is not a search run dir (no {STATE}); give the run dir of a search")
-    return path, True
 
 
 def generation_row(generation: int, population, problem: Problem, started: float) -> dict[str, Any]:
@@ -82,18 +65,15 @@ def validate_search_config(cfg: DictConfig) -> None:
 
 def run_search(cfg: DictConfig) -> dict[str, Any]:
     if cfg.encoding.name == "weight_mask":
-        from gaprune.layerwise import run_layerwise_search
+        from gaprune.layerwise_run import run_layerwise_search
 
         return run_layerwise_search(cfg)
     validate_search_config(cfg)
-    directory, resuming = resolve_resume(cfg, run_dir())
+    directory, resuming = resume_run_dir(cfg, run_dir(), STATE, "search")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     bundle = load_bundle(cfg)
-    baseline_path = ensure_baseline(cfg, directory)
-    model, meta, _ = load_model(baseline_path, expect_model=cfg.model.name,
-                                hint=f"train it with: python train.py model={cfg.model.name} dataset={cfg.dataset.name}")
-    dataset_matches(meta, cfg, baseline_path)
+    baseline_path, model, meta = prepare_baseline(cfg, directory)
     model = model.to(device)
     x0 = example_input(meta)
     units = discover_units(model.cpu(), x0, include_linear=bool(cfg.model.include_linear))

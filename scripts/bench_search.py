@@ -30,7 +30,8 @@ from gaprune.units import count_macs_params, discover_units, prune_model
 
 def calibration_batches(args) -> list[tuple[torch.Tensor, torch.Tensor]]:
     try:
-        from gaprune.data import load_dataset, make_loader
+        from gaprune.data import load_dataset
+        from gaprune.loaders import make_loader
 
         bundle = load_dataset("cifar10", data_dir=args.data_dir, train_limit=2000, test_limit=100)
         return list(make_loader(bundle, "val", args.batch_size, limit=args.samples))
@@ -77,11 +78,16 @@ def main() -> None:
             count_macs_params(pruned, x0)
             evaluate(pruned, calib)
 
-    calib_fit = build_fitness("calib", context, chunk=args.chunk)
+    masked_fit = build_fitness("calib", context, chunk=args.chunk, execution="masked")
+    sliced_fit = build_fitness("calib", context, execution="sliced")
     proxy_fit = build_fitness("taylor_proxy", context)
 
     def masked(batch):
-        calib_fit.evaluate(batch)
+        masked_fit.evaluate(batch)
+        [cost.cost(p) for p in batch]
+
+    def sliced(batch):
+        sliced_fit.evaluate(batch)
         [cost.cost(p) for p in batch]
 
     def proxy(batch):
@@ -90,7 +96,8 @@ def main() -> None:
 
     naive(plans[:1])  # warm-up
     rates = {"naive (copy + prune + count + eval)": per_second(naive, plans),
-             f"calib (masked, {args.chunk} plans per pass)": per_second(masked, plans),
+             f"calib masked ({args.chunk} plans per pass)": per_second(masked, plans),
+             "calib sliced (pruned net, no copy)": per_second(sliced, plans),
              "taylor_proxy (+ analytic cost)": per_second(proxy, plans * 50)}
 
     seed_everything(0)

@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gaprune.data import TensorLoader, TensorSplit, load_dataset, make_loader
+from gaprune.data import TensorSplit, load_dataset
 from gaprune.errors import GapruneError
+from gaprune.loaders import TensorLoader, make_loader
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,12 @@ import torch
 import torch.nn as nn
 
 from gaprune.cost import CostModel
-from gaprune.data import load_dataset, make_loader
+from gaprune.data import load_dataset
 from gaprune.encodings import build_encoding, validate_encoding
 from gaprune.errors import GapruneError
 from gaprune.fitness import FitnessContext, batch_norms, build_fitness
 from gaprune.importance import compute_importance
+from gaprune.loaders import make_loader
 from gaprune.models import build_model
 from gaprune.optimizers import build_optimizer
 from gaprune.plan import Plan
@@ -396,7 +397,7 @@ def test_finetune_option_errors(lenet, digits) -> None:
 def test_distortion_is_zero_unpruned_and_grows_with_pruning(lenet, digits) -> None:
     plans = [_ratio_plan(lenet, r) for r in (1.0, 0.8, 0.5, 0.2)]
     for reduction in ("mean", "max"):
-        fitness = build_fitness("distortion", _context(lenet, digits), reduction=reduction, chunk=4)
+        fitness = build_fitness("distortion", _context(lenet, digits), reduction=reduction, chunk=4, execution="masked")
         results = fitness.evaluate(plans)
         values = [r["distortion"] for r in results]
         assert values[0] == pytest.approx(0.0, abs=1e-8)
@@ -404,7 +405,7 @@ def test_distortion_is_zero_unpruned_and_grows_with_pruning(lenet, digits) -> No
         assert all(r["proxy"] == -r["distortion"] for r in results)
         assert all(r["distortion_max"] >= r["distortion_mean"] for r in results)
         assert values == [r[f"distortion_{reduction}"] for r in results]
-    one = build_fitness("distortion", _context(lenet, digits), chunk=1).evaluate(plans)
+    one = build_fitness("distortion", _context(lenet, digits), execution="sliced").evaluate(plans)
     np.testing.assert_allclose([r["distortion"] for r in one], [r["distortion_mean"] for r in results], rtol=1e-4,
                                atol=1e-8)
 

@@ -61,8 +61,9 @@ def test_search_killed_mid_run_resumes_to_the_uninterrupted_result(trained, tmp_
 def test_finetune_interrupted_resumes_from_its_last_epoch(trained, tmp_path):
     """An interrupted fine-tune continues from the saved epoch and ends with the same weights."""
     from gaprune.checkpoint import example_input, load_model
-    from gaprune.data import load_dataset, make_loader
+    from gaprune.data import load_dataset
     from gaprune.finetune import finetune_with_state
+    from gaprune.loaders import make_loader
     from gaprune.training import TrainConfig
     from gaprune.units import discover_units, prune_model
     from gaprune.encodings import build_encoding

@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from gaprune.cost import CostModel
-from gaprune.data import load_dataset, make_loader
+from gaprune.data import load_dataset
 from gaprune.encodings import build_encoding
 from gaprune.errors import GapruneError
 from gaprune.fitness import FitnessContext, build_fitness
 from gaprune.importance import IMPORTANCES, compute_importance
+from gaprune.loaders import make_loader
 from gaprune.models import build_model
 from gaprune.optimizers import build_optimizer
 from gaprune.picks import knee, pareto_front, pick_plans
@@ -25,7 +26,7 @@ from gaprune.plan import Plan
 from gaprune.problem import Objective, Problem
 from gaprune.strategies import STRATEGIES
 from gaprune.training import TrainConfig, evaluate, seed_everything, train
-from gaprune.units import PrunableUnit, discover_units
+from gaprune.units import PrunableUnit, discover_units, prune_model
 
 X0 = torch.zeros(1, 1, 32, 32)
 
@@ -348,16 +349,23 @@ def test_calib_full_plan_matches_evaluate(lenet) -> None:
         assert evaluate(model, calib) == reference
 
 
-def test_calib_chunking_does_not_change_results(lenet) -> None:
+def test_calib_execution_modes_and_chunking_do_not_change_results(lenet) -> None:
+    """Masked (stacked, any chunk) and sliced execution both equal the physically pruned model."""
     model, units, importance, calib = lenet
     enc = build_encoding("ratio_strategy", units, importance, r_min=0.1)
     rng = random.Random(4)
     plans = [enc.decode(enc.random_genome(rng)) for _ in range(10)]
     context = FitnessContext(model=model, units=units, importance=importance, calib=calib)
-    one = build_fitness("calib", context, chunk=1).evaluate(plans)
-    eight = build_fitness("calib", context, chunk=8).evaluate(plans)
-    assert [r["calib_acc"] for r in one] == [r["calib_acc"] for r in eight]
-    np.testing.assert_allclose([r["calib_loss"] for r in one], [r["calib_loss"] for r in eight], rtol=1e-5)
+    one = build_fitness("calib", context, chunk=1, execution="masked").evaluate(plans)
+    eight = build_fitness("calib", context, chunk=8, execution="masked").evaluate(plans)
+    sliced = build_fitness("calib", context, execution="sliced").evaluate(plans)
+    assert build_fitness("calib", context).execution == "sliced"  # auto on CPU
+    for other in (eight, sliced):
+        assert [r["calib_acc"] for r in one] == [r["calib_acc"] for r in other]
+        np.testing.assert_allclose([r["calib_loss"] for r in one], [r["calib_loss"] for r in other], rtol=1e-5)
+    with torch.no_grad():
+        physical = [evaluate(prune_model(model, units, plan, calib[0][0][:1]), calib)["acc"] for plan in plans[:3]]
+    assert physical == pytest.approx([r["calib_acc"] for r in sliced[:3]], abs=1e-6)
     assert len({r["calib_acc"] for r in one}) > 1  # the plans really differ
     neg = build_fitness("calib", context, chunk=8, metric="neg_loss").evaluate(plans[:3])
     assert [r["proxy"] for r in neg] == pytest.approx([-r["calib_loss"] for r in eight[:3]], rel=1e-5)

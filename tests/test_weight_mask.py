@@ -14,10 +14,13 @@ import pytest
 import torch
 
 from gaprune.checkpoint import load_model
-from gaprune.data import load_dataset, make_loader
+from gaprune.data import load_dataset
 from gaprune.errors import GapruneError
-from gaprune.layerwise import (STATE, CappedBatches, LayerEvaluator, LayerwiseResult, WeightMaskConfig, evolve_layer,
-                               forward_order, layer_seed, model_accuracy, resolve_layers, search_layers)
+from gaprune.layer_eval import LayerEvaluator, model_accuracy
+from gaprune.layerwise import (LayerwiseResult, WeightMaskConfig, evolve_layer, forward_order, layer_seed, resolve_layers,
+                               search_layers)
+from gaprune.layerwise_run import STATE, CappedBatches
+from gaprune.loaders import make_loader
 from gaprune.models import build_model
 from gaprune.sparsity import SparsePlan, apply_masks_permanently, masked_weights
 from gaprune.training import TrainConfig, evaluate, train

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from gaprune.data import DataBundle, make_loader
+from gaprune.data import DataBundle
 from gaprune.errors import GapruneError
+from gaprune.loaders import make_loader
 from gaprune.plan import Plan
 from gaprune.registry import Registry
 from gaprune.sparsity import SparsePlan

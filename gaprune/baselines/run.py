@@ -8,9 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gaprune.baseline import dataset_matches, ensure_baseline
+from gaprune.baseline import prepare_baseline
 from gaprune.baselines.base import BaselineContext, Method, build_method
-from gaprune.checkpoint import example_input, load_model
+from gaprune.checkpoint import example_input
 from gaprune.cost import CostModel
 from gaprune.errors import GapruneError
 from gaprune.finetune import FinetuneJob, read_checkpoint_state
@@ -60,12 +60,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
         spec = model_spec(cfg)
         method.check_model(build_model(spec["name"], bundle.num_classes, bundle.in_channels, bundle.image_size,
                                        **spec["kwargs"]))
-    baseline_path = ensure_baseline(cfg, directory)
-    teacher, meta, pruned = load_model(baseline_path, expect_model=cfg.model.name,
-                                       hint=f"train it with: python train.py model={cfg.model.name} dataset={cfg.dataset.name}")
-    if pruned is not None:
-        raise GapruneError(f"baseline='{baseline_path}' is already pruned; give an unpruned baseline checkpoint")
-    dataset_matches(meta, cfg, baseline_path)
+    baseline_path, teacher, meta = prepare_baseline(cfg, directory)
     x0 = example_input(meta)
     units = discover_units(teacher, x0, include_linear=meta["model"].get("include_linear", False))
     job = FinetuneJob.open(cfg, directory, teacher, meta, bundle, device, "baseline", str(cfg.method.name),
