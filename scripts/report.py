@@ -21,6 +21,8 @@ def method_name(results_path: Path, data: dict[str, Any], row: dict[str, Any]) -
     if search.is_file():
         summary = json.loads(search.read_text())
         kd = " + KD" if row.get("kd") else ""
+        if summary.get("encoding") == "weight_mask":
+            return f"layer-wise weight-mask GA{kd}"
         return f"{summary['optimizer']} {summary['encoding']} / {summary['fitness']}{kd} ({row.get('pick', '')})"
     return str(row.get("method") or row.get("pick") or results_path.parent.name)
 

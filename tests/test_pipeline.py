@@ -88,6 +88,10 @@ def test_search_improves_and_finetune_standalone(trained, tmp_path):
     front = json.loads((run / "pareto.json").read_text())
     assert len(results["results"]) == len(front) >= 2
     assert all(r["macs"] == r["predicted_macs"] for r in results["results"])
+    report = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), str(tmp_path), "--out",
+                             str(tmp_path / "table.md")], capture_output=True, text=True, check=True).stdout
+    table_rows = [line for line in report.splitlines() if line.startswith("| ga ratio_strategy / calib")]
+    assert len(table_rows) == len(front) and (tmp_path / "table.md").read_text().strip() == report.strip()
 
 
 def test_hydra_multirun_sweeps_two_overrides(trained, tmp_path):
