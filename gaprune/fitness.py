@@ -253,7 +253,7 @@ class CalibrationAccuracy(MaskedForwardFitness):
         return self._accuracy(len(plans))
 
     def _accuracy(self, population: int) -> list[dict[str, float]]:
-        model, device = self.context.model, self.context.device
+        device = self.context.device
         correct = torch.zeros(population, device=device)
         loss = torch.zeros(population, device=device)
         total = 0

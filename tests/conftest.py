@@ -59,3 +59,13 @@ def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data_dir holding MNIST/raw/ rebuilt (byte-identical) from the shared archive."""
     return _prepared("mnist", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace whose ck/ holds a LeNet-5 digits baseline trained by train.py (once per session)."""
+    from helpers import paths, run_cli
+
+    root = tmp_path_factory.mktemp("workspace")
+    run_cli("train.py", *paths(root), "trainer.epochs=12", "logger.mode=disabled")
+    return root

@@ -23,7 +23,7 @@ from gaprune.models import build_model
 from gaprune.plan import Plan
 from gaprune.sparsity import SparsePlan, sparse_layers
 from gaprune.units import count_macs_params, discover_units, prune_model
-from test_pipeline import REPO, run_cli, trained  # noqa: F401  (session fixture)
+from helpers import REPO, run_cli
 
 MACS_TARGET, SPARSITY_TARGET = 0.6, 0.9
 

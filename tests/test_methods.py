@@ -20,18 +20,15 @@ from gaprune.data import load_dataset
 from gaprune.encodings import build_encoding, validate_encoding
 from gaprune.errors import GapruneError
 from gaprune.fitness import FitnessContext, batch_norms, build_fitness
-from gaprune.importance import compute_importance
 from gaprune.loaders import make_loader
-from gaprune.models import build_model
 from gaprune.optimizers import build_optimizer
 from gaprune.plan import Plan
 from gaprune.problem import Objective, Problem
 from gaprune.sparsity import SparsePlan, magnitude_masks, masked_weights, sparse_layers
-from gaprune.training import TrainConfig, evaluate, seed_everything, train
-from gaprune.units import count_macs_params, discover_units, prune_model
-from test_pipeline import run_cli, trained  # noqa: F401  (session fixture: a LeNet-5 baseline via train.py)
+from gaprune.training import evaluate, train
+from gaprune.units import count_macs_params, prune_model
 
-X0 = torch.zeros(1, 1, 32, 32)
+from helpers import X0, run_cli, trained_on_digits
 
 
 # --- fixtures -------------------------------------------------------------------------------------
@@ -47,28 +44,16 @@ def _train_batches(digits):
                                                         seed=0)
 
 
-def _setup(digits, name: str, epochs: int, include_linear: bool, **kwargs):
-    seed_everything(0)
-    model = build_model(name, digits.num_classes, digits.in_channels, digits.image_size, **kwargs)
-    train(model, make_loader(digits, "train", 64, shuffle=True, seed=0), make_loader(digits, "val", 256),
-          TrainConfig(epochs=epochs, lr=0.05))
-    model.eval()
-    units = discover_units(model, X0, include_linear=include_linear)
-    calib = list(make_loader(digits, "val", 64))
-    importance = compute_importance("taylor", model, units, lambda: iter(calib), seed=0)
-    return model, units, importance, calib
-
-
 @pytest.fixture(scope="module")
 def lenet(digits):
     """(trained LeNet-5, its 4 units, taylor importance, val batches)."""
-    return _setup(digits, "lenet5", 8, include_linear=True)
+    return trained_on_digits(digits, "lenet5", 8, include_linear=True)
 
 
 @pytest.fixture(scope="module")
 def resnet(digits):
     """(ResNet-20 of width 4 with BN, its units, taylor importance, val batches)."""
-    return _setup(digits, "resnet20", 4, include_linear=False, width=4)
+    return trained_on_digits(digits, "resnet20", 4, include_linear=False, width=4)
 
 
 def _context(setup, digits, model=None) -> FitnessContext:

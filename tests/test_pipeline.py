@@ -6,40 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from gaprune.checkpoint import example_input, load_model
 from gaprune.units import count_macs_params
+from helpers import REPO, paths, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 FAST_SEARCH = ["optimizer.params.population=12", "optimizer.params.generations=4", "fitness.samples=128"]
-
-
-def run_cli(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{script} {' '.join(overrides)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def paths(root: Path) -> list[str]:
-    return [f"paths.checkpoints={root / 'ck'}", f"paths.output_root={root / 'out'}"]
 
 
 def only_run(root: Path, task: str) -> Path:
     runs = sorted(p.parent for p in (root / "out" / task).rglob(".hydra"))
     assert len(runs) == 1, runs
     return runs[0]
-
-
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """A workspace whose checkpoints/ holds a LeNet-5 digits baseline trained by train.py."""
-    root = tmp_path_factory.mktemp("workspace")
-    run_cli("train.py", *paths(root), "trainer.epochs=12", "logger.mode=disabled")
-    return root
 
 
 def test_train_learns_and_saves_a_loadable_baseline(trained):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_pipeline import REPO, run_cli, trained  # noqa: F401  (session fixture)
+from helpers import REPO, run_cli
 
 SEARCH = ["optimizer.params.population=24", "optimizer.params.generations=30", "fitness.samples=512",
           "then_finetune=false", "logger.mode=disabled"]

@@ -18,17 +18,16 @@ from gaprune.encodings import build_encoding
 from gaprune.errors import GapruneError
 from gaprune.fitness import FitnessContext, build_fitness
 from gaprune.importance import IMPORTANCES, compute_importance
-from gaprune.loaders import make_loader
 from gaprune.models import build_model
 from gaprune.optimizers import build_optimizer
 from gaprune.picks import knee, pareto_front, pick_plans
 from gaprune.plan import Plan
 from gaprune.problem import Objective, Problem
 from gaprune.strategies import STRATEGIES
-from gaprune.training import TrainConfig, evaluate, seed_everything, train
+from gaprune.training import evaluate
 from gaprune.units import PrunableUnit, discover_units, prune_model
 
-X0 = torch.zeros(1, 1, 32, 32)
+from helpers import X0, trained_on_digits
 
 
 # --- fixtures -------------------------------------------------------------------------------------
@@ -42,15 +41,7 @@ def digits():
 @pytest.fixture(scope="module")
 def lenet(digits):
     """(trained LeNet-5, its 4 units incl. hidden linears, taylor importance, val batches)."""
-    seed_everything(0)
-    model = build_model("lenet5", digits.num_classes, digits.in_channels, digits.image_size)
-    train(model, make_loader(digits, "train", 64, shuffle=True, seed=0), make_loader(digits, "val", 256),
-          TrainConfig(epochs=5, lr=0.05))
-    model.eval()
-    units = discover_units(model, X0, include_linear=True)
-    calib = list(make_loader(digits, "val", 64))
-    importance = compute_importance("taylor", model, units, lambda: iter(calib), seed=0)
-    return model, units, importance, calib
+    return trained_on_digits(digits, "lenet5", 5, include_linear=True)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from gaprune.loaders import make_loader
 from gaprune.models import build_model
 from gaprune.sparsity import SparsePlan, apply_masks_permanently, masked_weights
 from gaprune.training import TrainConfig, evaluate, train
-from test_pipeline import run_cli, trained  # noqa: F401  (session fixture: a LeNet-5 baseline via train.py)
+from helpers import run_cli
 
 LENET_LAYERS = ["conv1", "conv2", "fc1", "fc2", "fc3"]
 

@@ -1,0 +1,46 @@
+"""Helpers shared by several test modules: running the entry points, small trained models."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gaprune.data import DataBundle
+from gaprune.importance import compute_importance
+from gaprune.loaders import make_loader
+from gaprune.models import build_model
+from gaprune.training import TrainConfig, seed_everything, train
+from gaprune.units import discover_units
+
+X0 = torch.zeros(1, 1, 32, 32)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run an entry point (train.py, search.py, ...) as a user would, from the repo root."""
+    proc = subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{script} {' '.join(overrides)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def paths(root: Path) -> list[str]:
+    """Overrides that keep checkpoints and outputs under `root`."""
+    return [f"paths.checkpoints={root / 'ck'}", f"paths.output_root={root / 'out'}"]
+
+
+def trained_on_digits(digits: DataBundle, name: str, epochs: int, include_linear: bool, **kwargs):
+    """(model trained `epochs` on digits, its units, taylor importance, val batches of 64)."""
+    seed_everything(0)
+    model = build_model(name, digits.num_classes, digits.in_channels, digits.image_size, **kwargs)
+    train(model, make_loader(digits, "train", 64, shuffle=True, seed=0), make_loader(digits, "val", 256),
+          TrainConfig(epochs=epochs, lr=0.05))
+    model.eval()
+    units = discover_units(model, X0, include_linear=include_linear)
+    calib = list(make_loader(digits, "val", 64))
+    importance = compute_importance("taylor", model, units, lambda: iter(calib), seed=0)
+    return model, units, importance, calib
