@@ -103,6 +103,12 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def cache_file(cache_dir: str | Path, checkpoint: str | Path, name: str, batches: int, seed: int) -> Path:
+    """Where the importance of `checkpoint` (keyed by its content hash) is cached."""
+    checkpoint = Path(checkpoint)
+    return Path(cache_dir) / f"{checkpoint.stem}-{file_digest(checkpoint)}-{name}-{batches}-s{seed}.pt"
+
+
 def compute_importance(
     name: str,
     model: nn.Module,

@@ -17,7 +17,7 @@ from gaprune.checkpoint import example_input
 from gaprune.encodings import build_encoding, validate_encoding
 from gaprune.errors import GapruneError
 from gaprune.fitness import FITNESSES, FitnessContext, build_fitness
-from gaprune.importance import IMPORTANCES, compute_importance, file_digest
+from gaprune.importance import IMPORTANCES, cache_file, compute_importance
 from gaprune.io import read_json, write_csv, write_json
 from gaprune.optimizers import build_optimizer, optimizer_config
 from gaprune.picks import PICKS, knee, pareto_front, pick_plans
@@ -79,7 +79,7 @@ def run_search(cfg: DictConfig) -> dict[str, Any]:
     model.to(device)
 
     imp = cfg.importance
-    cache = Path(cfg.paths.checkpoints) / "cache" / f"{baseline_path.stem}-{file_digest(baseline_path)}-{imp.name}-{imp.batches}-s{cfg.seed}.pt"
+    cache = cache_file(Path(cfg.paths.checkpoints) / "cache", baseline_path, imp.name, imp.batches, cfg.seed)
     val_batches = lambda: islice(iter(loader(bundle, "val", imp.batch_size, device)), int(imp.batches))  # noqa: E731
     importance = compute_importance(imp.name, model, units, val_batches, cfg.seed, cache)
 

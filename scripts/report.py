@@ -24,7 +24,8 @@ def method_name(results_path: Path, data: dict[str, Any], row: dict[str, Any]) -
         if summary.get("encoding") == "weight_mask":
             return f"layer-wise weight-mask GA{kd}"
         return f"{summary['optimizer']} {summary['encoding']} / {summary['fitness']}{kd} ({row.get('pick', '')})"
-    return str(row.get("method") or row.get("pick") or results_path.parent.name)
+    method, variant = row.get("pick") or results_path.parent.name, row.get("plan_id")
+    return f"{method} ({variant})" if variant not in (None, "", method) else str(method)
 
 
 def collect(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

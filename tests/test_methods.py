@@ -461,7 +461,7 @@ def test_cli_layer_sparsity_with_distortion(trained, tmp_path) -> None:
 def test_cli_adaptive_bn_calib_on_a_bn_model(tmp_path) -> None:
     """A tiny ResNet-20 baseline is trained by search.py itself, then searched with adaptive BN."""
     run_cli("search.py", f"paths.checkpoints={tmp_path / 'ck'}", f"paths.output_root={tmp_path}",
-            "logger.mode=disabled", "then_finetune=false", "model=resnet20", "+model.kwargs.width=4",
+            "logger.mode=disabled", "then_finetune=false", "model=resnet20", "model.kwargs.width=4",
             "trainer.epochs=1", "dataset.train_limit=300", "importance.batches=1", "fitness.samples=64",
             "fitness.params.adaptive_bn=true", "fitness.params.bn_batches=2", "optimizer.params.population=4",
             "optimizer.params.generations=1")

@@ -53,12 +53,11 @@ class BaselineContext:
 
     def importance(self, name: str, batches: int = 8, batch_size: int = 128) -> dict[str, np.ndarray]:
         """Per-unit normalised importance (sums to 1 per unit), cached like search.py's."""
-        from gaprune.importance import compute_importance, file_digest
+        from gaprune.importance import cache_file, compute_importance
 
         cache = None
         if self.cache_dir is not None and self.checkpoint is not None and Path(self.checkpoint).is_file():
-            ck = Path(self.checkpoint)
-            cache = Path(self.cache_dir) / f"{ck.stem}-{file_digest(ck)}-{name}-{batches}-s{self.seed}.pt"
+            cache = cache_file(self.cache_dir, self.checkpoint, name, batches, self.seed)
         val = lambda: islice(iter(self.batches("val", batch_size)), int(batches))  # noqa: E731
         return compute_importance(name, self.model, self.units, val, self.seed, cache)
 
