@@ -21,7 +21,7 @@ from gaprune.baseline import train_config
 from gaprune.checkpoint import example_input, load_model, save_checkpoint
 from gaprune.errors import GapruneError
 from gaprune.io import atomic_torch_save, atomic_write_text, read_json, write_csv, write_json
-from gaprune.picks import PICKS, knee
+from gaprune.picks import PICKS, pick_plans
 from gaprune.plan import Plan
 from gaprune.runtime import load_bundle, loader, make_logger, run_dir
 from gaprune.sparsity import SparseCostModel, SparsePlan, apply_masks_permanently, plan_from_json
@@ -38,20 +38,9 @@ def chosen_records(search_dir: Path, pick: str, target: float | None) -> list[di
     if not pareto_path.is_file():
         raise GapruneError(f"'{search_dir}' is not a finished search run (no pareto.json); run search.py first "
                            "or give search_dir=<a search run dir>")
-    front = read_json(pareto_path)
-    if pick == "knee":
-        return [knee(front)]
-    if pick == "best":
+    if pick == "best":  # the best score may lie off the proxy/MACs front
         return [read_json(search_dir / "best_plan.json")]
-    if pick == "all":
-        return front
-    if target is None:
-        raise GapruneError("pick=target_macs needs objective.target_macs_reduction=<fraction>, e.g. 0.7")
-    eligible = [r for r in front if r["macs_reduction"] >= target]
-    if not eligible:
-        raise GapruneError(f"no Pareto plan reaches a {target:.0%} MACs reduction (best: "
-                           f"{max(r['macs_reduction'] for r in front):.1%}); lower the target")
-    return [max(eligible, key=lambda r: r["proxy"])]
+    return pick_plans(read_json(pareto_path), pick, target)
 
 
 def resolve_search_dir(value: Any, output_root: Path) -> Path:

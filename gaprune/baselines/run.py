@@ -17,7 +17,7 @@ from gaprune.finetune import FinetuneJob, read_checkpoint_state
 from gaprune.io import atomic_torch_save, read_json, write_json
 from gaprune.models import build_model
 from gaprune.plan import Plan
-from gaprune.runtime import load_bundle, model_spec, plain, run_dir
+from gaprune.runtime import load_bundle, model_spec, plain, resume_run_dir, run_dir
 from gaprune.sparsity import SparsePlan, plan_from_json
 from gaprune.training import resolve_device, seed_everything
 from gaprune.units import discover_units
@@ -35,24 +35,13 @@ def method_from_config(cfg: DictConfig) -> Method:
                         target_sparsity=cfg.get("target_sparsity"), **(plain(section.get("params")) or {}))
 
 
-def resume_dir(cfg: DictConfig) -> Path | None:
-    resume = cfg.get("resume")
-    if resume in (None, False, "false"):
-        return None
-    path = Path(str(resume))
-    if not (path / PLAN).is_file():
-        raise GapruneError(f"resume='{path}' is not a baseline run dir (no {PLAN}); give the run dir to continue")
-    return path
-
-
 def read_plan(path: Path) -> Plan | SparsePlan:
     return plan_from_json(read_json(path))
 
 
 def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     method = method_from_config(cfg)
-    resumed = resume_dir(cfg)
-    directory = resumed or run_dir()
+    directory, resumed = resume_run_dir(cfg, run_dir(), PLAN, "baseline")
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     bundle = load_bundle(cfg)
@@ -70,7 +59,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     label = method.label()
 
     weights = None
-    if resumed is not None:
+    if resumed:
         plan = read_plan(directory / PLAN)
         if (directory / WEIGHTS).is_file():
             weights = read_checkpoint_state(directory / WEIGHTS)
