@@ -11,7 +11,7 @@ from gaprune.errors import GapruneError
 from gaprune.io import write_csv, write_json
 from gaprune.models import build_model
 from gaprune.runtime import load_bundle, loader, make_logger, model_spec, plain, run_dir
-from gaprune.training import TrainConfig, evaluate, resolve_device, seed_everything, train
+from gaprune.training import TrainConfig, evaluate, resolve_device, seed_everything, train_with_state
 from gaprune.units import count_macs_params
 
 
@@ -32,8 +32,10 @@ def run_train(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
     trainer = cfg.trainer
     train_batches = loader(bundle, "train", trainer.batch_size, device, cfg.seed, train=True, augment=cfg.dataset.augment)
     val_batches = loader(bundle, "val", trainer.eval_batch_size, device)
-    history = train(model, train_batches, val_batches, train_config(trainer),
-                    on_epoch=lambda row: logger.log(row, step=int(row["epoch"])), desc=f"train {spec['name']}")
+    state_path = Path(f"{cfg.baseline}.state")  # per-epoch state: a rerun of the same command resumes
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    history = train_with_state(model, train_batches, val_batches, train_config(trainer), state_path,
+                               on_epoch=lambda row: logger.log(row, step=int(row["epoch"])), desc=f"train {spec['name']}")
     val = evaluate(model, val_batches)
     test = evaluate(model, loader(bundle, "test", trainer.eval_batch_size, device))
     meta = {
@@ -47,6 +49,7 @@ def run_train(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
     macs, params = count_macs_params(model.cpu().eval(), example_input(meta))
     meta.update(macs=macs, params=params)
     save_checkpoint(cfg.baseline, model, meta)
+    state_path.unlink(missing_ok=True)
     summary = {**meta, "checkpoint": str(Path(cfg.baseline).resolve()), "epochs": len(history)}
     write_csv(directory / "history.csv", history)
     write_json(directory / "train_summary.json", summary)

@@ -20,13 +20,13 @@ from omegaconf import DictConfig
 from gaprune.baseline import train_config
 from gaprune.checkpoint import example_input, load_model, save_checkpoint
 from gaprune.errors import GapruneError
-from gaprune.io import atomic_torch_save, atomic_write_text, read_json, write_csv, write_json
+from gaprune.io import atomic_write_text, read_json, write_csv, write_json
 from gaprune.picks import PICKS, pick_plans
 from gaprune.plan import Plan
 from gaprune.runtime import load_bundle, loader, make_logger, run_dir
 from gaprune.sparsity import SparseCostModel, SparsePlan, apply_masks_permanently, plan_from_json
 from gaprune.tracking import RunLogger
-from gaprune.training import evaluate, make_optimizer, resolve_device, seed_everything, train
+from gaprune.training import evaluate, resolve_device, seed_everything, train, train_with_state
 from gaprune.units import PrunableUnit, count_macs_params, discover_units, prune_model
 
 
@@ -90,41 +90,6 @@ def markdown_table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
                      f"{100 * r['macs_reduction']:.1f}% | {r['params'] / 1e6:.3f}M | {100 * r['params_reduction']:.1f}% |"
                      + (f" {_pct(r.get('sparsity'))} |" if sparse else ""))
     return "\n".join(lines) + "\n"
-
-
-def finetune_with_state(student, teacher, train_batches, val_batches, config, state_path: Path, logger,
-                        plan_id, after_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
-    """Fine-tune, saving model/optimizer/RNG state each epoch; continue from `state_path` if present.
-    `after_step` runs after every optimizer step (re-applying weight masks for sparse plans)."""
-    optimizer, scheduler = make_optimizer(student, config)
-    history: list[dict[str, Any]] = []
-    if state_path.is_file():
-        state = read_checkpoint_state(state_path)
-        student.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        history = list(state["history"])
-        print(f"resuming fine-tune of plan {plan_id} after epoch {len(history)}")
-    train_batches.set_epoch(len(history))
-
-    def save(row: dict[str, Any]) -> None:
-        history.append(row)
-        atomic_torch_save({"model": student.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "history": history},
-                          state_path)
-        logger.log({f"plan{plan_id}/{k}": v for k, v in row.items()})
-
-    train(student, train_batches, val_batches, config, teacher=teacher, on_epoch=save, desc=f"finetune plan {plan_id}",
-          start_epoch=len(history), optimizer_state=(optimizer, scheduler), after_step=after_step)
-    return history
-
-
-def read_checkpoint_state(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise GapruneError(f"fine-tune state '{path}' is unreadable ({type(err).__name__}); delete it to restart that plan") from None
 
 
 def mask_keeper(model: nn.Module, masks: dict[str, torch.Tensor], device) -> Callable[[], None]:
@@ -206,9 +171,10 @@ class FinetuneJob:
         student.to(self.device)
         after_step = mask_keeper(student, plan.masks, self.device) if sparse else None
         before = evaluate(student, self.val_batches)
-        history = finetune_with_state(student, self.teacher if ft.kd else None, self.train_batches, self.val_batches,
-                                      train_config(ft), directory / f"state-{tag}.pt", self.logger, plan_id,
-                                      after_step=after_step)
+        history = train_with_state(student, self.train_batches, self.val_batches, train_config(ft),
+                                   directory / f"state-{tag}.pt", teacher=self.teacher if ft.kd else None,
+                                   on_epoch=lambda row: self.logger.log({f"plan{plan_id}/{k}": v for k, v in row.items()}),
+                                   desc=f"finetune plan {plan_id}", after_step=after_step)
         val, test = evaluate(student, self.val_batches), evaluate(student, self.test_batches)
         ck_meta = {**meta, "val_acc": val["acc"], "test_acc": test["acc"], "macs": macs, "params": params}
         row = {

@@ -58,3 +58,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_torch_state(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """torch.load(weights_only=True) of a resume-state file; a one-line error naming `what` and `fix`."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        from gaprune.errors import GapruneError
+
+        raise GapruneError(f"{what} '{path}' is unreadable ({type(err).__name__}); {fix}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -136,4 +137,37 @@ def train(
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}")
         if on_epoch is not None:
             on_epoch(row)
+    return history
+
+
+def train_with_state(model: nn.Module, train_batches, val_batches, config: TrainConfig, state_path: Path,
+                     teacher: nn.Module | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
+                     desc: str = "train", after_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """`train`, saving model/optimizer/scheduler/RNG state and history to `state_path` after every
+    epoch (atomically) and continuing from it when present: an interrupted run resumed here ends
+    with the weights of an uninterrupted one. `train_batches.set_epoch` keeps the batch order."""
+    from gaprune.io import atomic_torch_save, read_torch_state
+
+    optimizer, scheduler = make_optimizer(model, config)
+    history: list[dict[str, Any]] = []
+    if state_path.is_file():
+        state = read_torch_state(state_path, "training state", "delete it to restart from epoch 0")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = list(state["history"])
+        print(f"{desc}: resuming after epoch {len(history)} from {state_path}")
+    train_batches.set_epoch(len(history))
+
+    def save(row: dict[str, Any]) -> None:
+        history.append(row)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "history": history},
+                          state_path)
+        if on_epoch is not None:
+            on_epoch(row)
+
+    train(model, train_batches, val_batches, config, teacher=teacher, on_epoch=save, desc=desc,
+          start_epoch=len(history), optimizer_state=(optimizer, scheduler), after_step=after_step)
     return history

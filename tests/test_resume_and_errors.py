@@ -61,9 +61,8 @@ def test_finetune_interrupted_resumes_from_its_last_epoch(trained, tmp_path):
     """An interrupted fine-tune continues from the saved epoch and ends with the same weights."""
     from gaprune.checkpoint import example_input, load_model
     from gaprune.data import load_dataset
-    from gaprune.finetune import finetune_with_state
     from gaprune.loaders import make_loader
-    from gaprune.training import TrainConfig
+    from gaprune.training import TrainConfig, train_with_state
     from gaprune.units import discover_units, prune_model
     from gaprune.encodings import build_encoding
     from gaprune.importance import compute_importance
@@ -81,7 +80,7 @@ def test_finetune_interrupted_resumes_from_its_last_epoch(trained, tmp_path):
         def __init__(self, stop_after=None):
             self.calls, self.stop_after = 0, stop_after
 
-        def log(self, row):
+        def __call__(self, row):
             self.calls += 1
             if self.stop_after is not None and self.calls > self.stop_after:
                 raise KeyboardInterrupt  # crash after the state of epoch `stop_after` was saved
@@ -90,7 +89,8 @@ def test_finetune_interrupted_resumes_from_its_last_epoch(trained, tmp_path):
         torch.manual_seed(0)
         student = prune_model(teacher, units, plan, example_input(meta))
         batches = make_loader(bundle, "train", 64, shuffle=True, augment=True, seed=0)
-        history = finetune_with_state(student, teacher, batches, make_loader(bundle, "val", 256), config, state_path, logger, 7)
+        history = train_with_state(student, batches, make_loader(bundle, "val", 256), config, state_path, teacher=teacher,
+                                   on_epoch=logger)
         return student, history
 
     reference, ref_history = run(tmp_path / "a.pt", Log())

@@ -13,8 +13,8 @@ from gaprune.baselines.base import BaselineContext, Method, build_method
 from gaprune.checkpoint import example_input
 from gaprune.cost import CostModel
 from gaprune.errors import GapruneError
-from gaprune.finetune import FinetuneJob, read_checkpoint_state
-from gaprune.io import atomic_torch_save, read_json, write_json
+from gaprune.finetune import FinetuneJob
+from gaprune.io import atomic_torch_save, read_json, read_torch_state, write_json
 from gaprune.models import build_model
 from gaprune.plan import Plan
 from gaprune.runtime import load_bundle, model_spec, plain, resume_run_dir, run_dir
@@ -62,7 +62,7 @@ def run_baseline(cfg: DictConfig) -> dict[str, Any]:
     if resumed:
         plan = read_plan(directory / PLAN)
         if (directory / WEIGHTS).is_file():
-            weights = read_checkpoint_state(directory / WEIGHTS)
+            weights = read_torch_state(directory / WEIGHTS, "fine-tune weights", "delete it to restart that plan")
         print(f"resuming baseline run {directory} ({cfg.method.name}, plan from {PLAN})")
     else:
         ctx = BaselineContext(model=teacher, units=units, example_input=x0, bundle=bundle, device=device,
