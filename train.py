@@ -2,13 +2,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from gaprune.errors import exit_on_user_error
+from gaprune.utils.errors import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from gaprune.baseline import run_train
+    from gaprune.pipeline.train import run_train
 
     run_train(cfg)
 

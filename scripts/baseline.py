@@ -1,21 +1,20 @@
-"""Entry point: see conf/baseline.yaml. Logic lives in gaprune/baselines/.
+"""DEPRECATED for one release: scripts/oneshot.py replaces it ("baseline" now means only the
+unpruned reference model). Prints one notice line, maps method=/method.* overrides to
+oneshot=/oneshot.* and runs scripts/oneshot.py."""
+import re
+import runpy
+import sys
+from pathlib import Path
 
-python scripts/baseline.py method=global_taylor method.params.rule=min target_macs_reduction=0.6
-python scripts/baseline.py method=lamp target_sparsity=0.9 model=vgg16 dataset=cifar10
-"""
-import hydra
-from omegaconf import DictConfig
-
-from gaprune.errors import exit_on_user_error
+NOTICE = "scripts/baseline.py is deprecated; use scripts/oneshot.py oneshot=<name> (same options)"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="baseline")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    from gaprune.baselines.run import run_baseline
-
-    run_baseline(cfg)
+def translate(args: list[str]) -> list[str]:
+    return [re.sub(r"^([+~]{0,2})method(?=[.=]|$)", r"\1oneshot", arg) for arg in args]
 
 
 if __name__ == "__main__":
-    main()
+    print(NOTICE, file=sys.stderr)
+    script = str(Path(__file__).with_name("oneshot.py"))
+    sys.argv[:] = [script, *translate(sys.argv[1:])]
+    runpy.run_path(script, run_name="__main__")

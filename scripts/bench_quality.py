@@ -11,7 +11,7 @@ Part 1, comparison (per seed: its own baseline, search seed and fine-tune seed):
   global_taylor method=global_taylor rule=min at the same MACs target
   uniform_l1    method=uniform_l1 at the same MACs target
   ga_target     (opt-in, --arms) optimizer=ga on "calib - penalty x shortfall below the target", same budget
-Every arm is fine-tuned by the library's shared routine (`gaprune.finetune.FinetuneJob`) with
+Every arm is fine-tuned by the library's shared routine (`gaprune.engine.finetune.FinetuneJob`) with
 the same `finetune` recipe (KD from the unpruned baseline, same epochs, same seeded batches).
 Everything runs in-process from the real Hydra configs (`conf/`, composed with
 `hydra.compose`): `run_search` (search + its own fine-tune of the pick) and `run_baseline`.
@@ -156,8 +156,8 @@ def common_overrides(args: argparse.Namespace, seed: int, finetune_epochs: int) 
     root = Path(args.out).resolve()
     limit = lambda v: "null" if v is None else str(v)  # noqa: E731
     return [
-        f"model={args.model}", f"dataset={args.dataset}", f"dataset.data_dir={args.data_dir}",
-        f"dataset.train_limit={limit(args.train_limit)}", f"dataset.test_limit={limit(args.test_limit)}",
+        f"model={args.model}", f"dataset={args.dataset}", f"dataset.params.data_dir={args.data_dir}",
+        f"dataset.params.train_limit={limit(args.train_limit)}", f"dataset.params.test_limit={limit(args.test_limit)}",
         f"trainer.epochs={args.baseline_epochs}", f"finetune.epochs={finetune_epochs}", f"seed={seed}",
         f"paths.checkpoints={root / 'checkpoints'}", f"paths.output_root={root / 'runs'}",
         f"baseline={root / 'checkpoints'}/{args.model}-{args.dataset}-s{seed}.pt",
@@ -168,21 +168,21 @@ def common_overrides(args: argparse.Namespace, seed: int, finetune_epochs: int) 
 
 def search_overrides(args: argparse.Namespace, optimizer: str) -> list[str]:
     """optimizer: nsga2 | ga | random (conf/optimizer groups; the same population x generations budget)."""
-    return ["encoding=ratio_strategy", "fitness=calib", f"fitness.samples={args.calib_samples}", f"optimizer={optimizer}",
+    return ["encoding=ratio_strategy", "fitness=calib", f"fitness.calib_samples={args.calib_samples}", f"optimizer={optimizer}",
             f"optimizer.params.population={args.population}", f"optimizer.params.generations={args.generations}",
             "pick=target_macs", "then_finetune=true"]
 
 
 def method_overrides(args: argparse.Namespace, method: str) -> list[str]:
-    extra = ["method.params.rule=min"] if method == "global_taylor" else []
-    return [f"method={method}", *extra, f"target_macs_reduction={args.target}"]
+    extra = ["oneshot.params.rule=min"] if method == "global_taylor" else []
+    return [f"oneshot={method}", *extra, f"target_macs_reduction={args.target}"]
 
 
 # --- data -------------------------------------------------------------------------------------
 def resolve_dataset(args: argparse.Namespace) -> dict[str, Any]:
     """Check the dataset loads; fall back to digits (with a printed note) when it is missing."""
-    from gaprune.data import load_dataset
-    from gaprune.errors import GapruneError
+    from gaprune.data.datasets import load_dataset
+    from gaprune.utils.errors import GapruneError
 
     try:
         bundle = load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seeds[0], train_limit=args.train_limit,
@@ -202,19 +202,19 @@ def resolve_dataset(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- part 1: comparison -----------------------------------------------------------------------
 def keep_counts_of_plan(path: Path) -> list[int]:
-    from gaprune.io import read_json
-    from gaprune.sparsity import plan_from_json
+    from gaprune.pruning.plan import plan_from_json
+    from gaprune.utils.io import read_json
 
     return plan_from_json(read_json(path)).keep_counts()
 
 
 def run_arm(args: argparse.Namespace, arm: str, seed: int, directory: Path) -> dict[str, Any]:
-    from gaprune.io import read_json
+    from gaprune.utils.io import read_json
 
     common = common_overrides(args, seed, args.finetune_epochs) + list(args.overrides)
     started = time.perf_counter()
     if arm in SEARCH_ARMS:
-        from gaprune.search import run_search
+        from gaprune.pipeline.search import run_search
 
         cfg = compose("search", common + search_overrides(args, SEARCH_ARMS[arm]))
         with hydra_job(cfg, directory) as job:
@@ -225,13 +225,13 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, directory: Path) -> d
                    search_seconds=summary["seconds"], keep_counts=pick["keep_counts"],
                    strategies=pick["strategies"], pick_proxy=pick["proxy"], run_dir=summary["run_dir"])
     else:
-        from gaprune.baselines.run import run_baseline
+        from gaprune.pipeline.oneshot import run_oneshot
 
-        cfg = compose("baseline", common + method_overrides(args, arm))
+        cfg = compose("oneshot", common + method_overrides(args, arm))
         with hydra_job(cfg, directory) as job:
-            result = run_baseline(job)
+            result = run_oneshot(job)
         row = dict(result["rows"][0])
-        info = read_json(Path(result["run_dir"]) / "method.json").get("info", {})
+        info = read_json(Path(result["run_dir"]) / "oneshot.json").get("info", {})
         row.update(keep_counts=keep_counts_of_plan(Path(result["run_dir"]) / "plan.json"), run_dir=result["run_dir"],
                    one_fewer_removal_reduction=info.get("one_fewer_removal_reduction"))
     row.update(arm=arm, seed=seed, seconds=time.perf_counter() - started)
@@ -240,8 +240,8 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, directory: Path) -> d
 
 def run_seed(args: argparse.Namespace, seed: int,
              timings: dict[str, float]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from gaprune.baseline import ensure_baseline
-    from gaprune.checkpoint import read_checkpoint
+    from gaprune.engine.checkpoint import read_checkpoint
+    from gaprune.pipeline.setup import ensure_baseline
 
     root = Path(args.out) / "runs" / f"seed{seed}"
     cfg = job_config(compose("search", common_overrides(args, seed, args.finetune_epochs) + list(args.overrides)))
@@ -270,15 +270,14 @@ def fidelity_study(args: argparse.Namespace, seed: int, timings: dict[str, float
     import torch
     from scipy.stats import kendalltau
 
-    from gaprune.baseline import ensure_baseline
-    from gaprune.checkpoint import example_input, load_model
-    from gaprune.encodings import build_encoding
-    from gaprune.finetune import FinetuneJob
-    from gaprune.fitness import FitnessContext, batch_norms, build_fitness
-    from gaprune.importance import compute_importance, file_digest
-    from gaprune.runtime import load_bundle, loader, plain
-    from gaprune.training import resolve_device, seed_everything
-    from gaprune.units import discover_units
+    from gaprune.engine.checkpoint import example_input, load_model
+    from gaprune.engine.training import resolve_device, seed_everything
+    from gaprune.pipeline.finetune import open_job
+    from gaprune.pipeline.setup import ensure_baseline, load_bundle, loader, plain
+    from gaprune.pruning.importance import compute_importance, file_digest
+    from gaprune.pruning.units import discover_units
+    from gaprune.search.encodings import build_encoding
+    from gaprune.search.fitness import FitnessContext, batch_norms, build_fitness
 
     root = Path(args.out) / "runs" / "fidelity"
     common = common_overrides(args, seed, args.fidelity_epochs) + list(args.overrides)
@@ -295,9 +294,9 @@ def fidelity_study(args: argparse.Namespace, seed: int, timings: dict[str, float
     model.to(device)
     # the importance search.py computes (same cache file)
     imp = cfg.importance
-    key = f"{baseline_path.stem}-{file_digest(baseline_path)}-{imp.name}-{imp.batches}-s{seed}.pt"
+    key = f"{baseline_path.stem}-{file_digest(baseline_path)}-{imp.name}-{imp.calib_batches}-s{seed}.pt"
     cache = Path(cfg.paths.checkpoints) / "cache" / key
-    val_batches = lambda: islice(iter(loader(bundle, "val", imp.batch_size, device)), int(imp.batches))  # noqa: E731
+    val_batches = lambda: islice(iter(loader(bundle, "val", imp.calib_batch_size, device)), int(imp.calib_batches))  # noqa: E731
     importance = compute_importance(imp.name, model, units, val_batches, seed, cache)
     encoding = build_encoding(cfg.encoding.name, units, importance, model=model, **plain(cfg.encoding.params))
     cost = encoding.cost_model(model, x0, random.Random(seed))
@@ -322,10 +321,10 @@ def fidelity_study(args: argparse.Namespace, seed: int, timings: dict[str, float
 
     # fitnesses, each from its own composed config (the fitness group's real defaults)
     specs = [("taylor_proxy", ["fitness=taylor_proxy"]),
-             ("calib", ["fitness=calib", f"fitness.samples={args.calib_samples}"]),
-             ("calib+adaptive_bn", ["fitness=calib", f"fitness.samples={args.calib_samples}",
+             ("calib", ["fitness=calib", f"fitness.calib_samples={args.calib_samples}"]),
+             ("calib+adaptive_bn", ["fitness=calib", f"fitness.calib_samples={args.calib_samples}",
                                     "fitness.params.adaptive_bn=true"]),
-             ("distortion", ["fitness=distortion", f"fitness.samples={args.calib_samples}"])]
+             ("distortion", ["fitness=distortion", f"fitness.calib_samples={args.calib_samples}"])]
     has_bn = bool(batch_norms(model))
     notes, scores = [], {}
     for name, overrides in specs:
@@ -336,7 +335,7 @@ def fidelity_study(args: argparse.Namespace, seed: int, timings: dict[str, float
         t0 = time.perf_counter()
         fcfg = job_config(compose("search", common + search_overrides(args, "nsga2")[:1] + overrides))
         fit = fcfg.fitness
-        calib = (list(loader(bundle, "val", fit.get("batch_size", 256), device, limit=fit.get("samples")))
+        calib = (list(loader(bundle, "val", fit.get("calib_batch_size", 256), device, limit=fit.get("calib_samples")))
                  if fit.name != "taylor_proxy" else [])
         train_batches = lambda batch_size, augment=True: loader(  # noqa: E731
             bundle, "train", batch_size, device, seed, train=True, augment=augment and bool(fcfg.dataset.augment))
@@ -353,7 +352,7 @@ def fidelity_study(args: argparse.Namespace, seed: int, timings: dict[str, float
     t0 = time.perf_counter()
     teacher, meta, _ = load_model(baseline_path)  # a fresh, hook-free teacher
     fjob_dir = root / "finetune"
-    job = FinetuneJob.open(cfg, fjob_dir, teacher, meta, bundle, device, "fidelity", "fidelity", units=units,
+    job = open_job(cfg, fjob_dir, teacher, meta, bundle, device, "fidelity", "fidelity", units=units,
                            header={"note": "bench_quality proxy-fidelity plans"})
     rows = []
     for index, item in enumerate(plans):
@@ -539,7 +538,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from gaprune.errors import GapruneError
+    from gaprune.utils.errors import GapruneError
 
     try:
         run_benchmark(args)

@@ -17,21 +17,22 @@ import time
 
 import torch
 
-from gaprune.cost import CostModel
-from gaprune.encodings import build_encoding
-from gaprune.fitness import FitnessContext, build_fitness
-from gaprune.importance import compute_importance
+from gaprune.engine.training import evaluate, seed_everything
 from gaprune.models import build_model
-from gaprune.optimizers import build_optimizer
-from gaprune.problem import Objective, Problem
-from gaprune.training import evaluate, seed_everything
-from gaprune.units import count_macs_params, discover_units, prune_model
+from gaprune.pruning.cost import CostModel
+from gaprune.pruning.importance import compute_importance
+from gaprune.pruning.physical import count_macs_params, prune_model
+from gaprune.pruning.units import discover_units
+from gaprune.search.encodings import build_encoding
+from gaprune.search.fitness import FitnessContext, build_fitness
+from gaprune.search.optimizers import build_optimizer
+from gaprune.search.problem import Objective, Problem
 
 
 def calibration_batches(args) -> list[tuple[torch.Tensor, torch.Tensor]]:
     try:
-        from gaprune.data import load_dataset
-        from gaprune.loaders import make_loader
+        from gaprune.data.datasets import load_dataset
+        from gaprune.data.loaders import make_loader
 
         bundle = load_dataset("cifar10", data_dir=args.data_dir, train_limit=2000, test_limit=100)
         return list(make_loader(bundle, "val", args.batch_size, limit=args.samples))

@@ -1,9 +1,9 @@
 """Turn result dirs into the Markdown tables of the paper.
 
-Reads every results.json under the given dirs (finetune runs of searches and scripts/baseline.py
+Reads every results.json under the given dirs (finetune runs of searches and scripts/oneshot.py
 runs), plus the search summary next to each finetune dir, and prints / writes one table:
 
-    python scripts/report.py outputs/search/<run> outputs/baseline/<run> ... [--out table.md] [--title ...]
+    python scripts/report.py outputs/search/<run> outputs/oneshot/<run> ... [--out table.md] [--title ...]
 """
 from __future__ import annotations
 
@@ -21,18 +21,19 @@ def method_name(results_path: Path, data: dict[str, Any], row: dict[str, Any]) -
     if search.is_file():
         summary = json.loads(search.read_text())
         kd = " + KD" if row.get("kd") else ""
-        if summary.get("encoding") == "weight_mask":
+        if summary.get("searcher") == "layerwise_weight_mask" or summary.get("encoding") == "weight_mask":  # old runs
             return f"layer-wise weight-mask GA{kd}"
         return f"{summary['optimizer']} {summary['encoding']} / {summary['fitness']}{kd} ({row.get('pick', '')})"
-    method, variant = row.get("pick") or results_path.parent.name, row.get("plan_id")
-    return f"{method} ({variant})" if variant not in (None, "", method) else str(method)
+    pruner, variant = row.get("pick") or results_path.parent.name, row.get("plan_id")
+    label = f"{pruner} ({variant})" if variant not in (None, "", pruner) else str(pruner)
+    return f"one-shot {label}" if data.get("oneshot") or data.get("method") else label
 
 
 def collect(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     rows, baseline = [], None
     for root in paths:
         if not root.exists():
-            sys.exit(f"report: '{root}' does not exist; give result dirs of finetune.py / search.py / scripts/baseline.py")
+            sys.exit(f"report: '{root}' does not exist; give result dirs of finetune.py / search.py / scripts/oneshot.py")
         for path in sorted([root] if root.is_file() else root.rglob("results.json")):
             data = json.loads(path.read_text())
             baseline = baseline or data.get("baseline")
@@ -64,11 +65,11 @@ def main() -> None:
     args = parser.parse_args()
     rows, baseline = collect(args.dirs)
     if not rows:
-        sys.exit(f"report: no results.json under {', '.join(map(str, args.dirs))}; run finetune.py or scripts/baseline.py first")
+        sys.exit(f"report: no results.json under {', '.join(map(str, args.dirs))}; run finetune.py or scripts/oneshot.py first")
     text = table(rows, baseline, args.title)
     print(text)
     if args.out:
-        from gaprune.io import atomic_write_text
+        from gaprune.utils.io import atomic_write_text
 
         atomic_write_text(args.out, text)
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from gaprune.data import DataBundle
-from gaprune.importance import compute_importance
-from gaprune.loaders import make_loader
+from gaprune.data.datasets import DataBundle
+from gaprune.data.loaders import make_loader
+from gaprune.engine.training import TrainConfig, seed_everything, train
 from gaprune.models import build_model
-from gaprune.training import TrainConfig, seed_everything, train
-from gaprune.units import discover_units
+from gaprune.pruning.importance import compute_importance
+from gaprune.pruning.units import discover_units
 
 X0 = torch.zeros(1, 1, 32, 32)
 REPO = Path(__file__).resolve().parents[1]

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from gaprune.checkpoint import example_input, load_model, read_checkpoint, save_checkpoint
-from gaprune.encodings import build_encoding
-from gaprune.errors import GapruneError
+from gaprune.engine.checkpoint import example_input, load_model, read_checkpoint, save_checkpoint
 from gaprune.models import build_model
-from gaprune.plan import Plan
-from gaprune.units import discover_units, prune_model
+from gaprune.pruning.physical import prune_model
+from gaprune.pruning.plan import Plan
+from gaprune.pruning.units import discover_units
+from gaprune.search.encodings import build_encoding
+from gaprune.utils.errors import GapruneError
 
 
 def _meta(name: str, include_linear: bool = False, channels: int = 1, **kwargs) -> dict:

@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gaprune.data import TensorSplit, load_dataset
-from gaprune.errors import GapruneError
-from gaprune.loaders import TensorLoader, make_loader
+from gaprune.data.datasets import TensorSplit, load_dataset
+from gaprune.data.loaders import TensorLoader, make_loader
+from gaprune.utils.errors import GapruneError
 
 
 @pytest.fixture(scope="module")

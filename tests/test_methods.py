@@ -15,18 +15,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gaprune.cost import CostModel
-from gaprune.data import load_dataset
-from gaprune.encodings import build_encoding, validate_encoding
-from gaprune.errors import GapruneError
-from gaprune.fitness import FitnessContext, batch_norms, build_fitness
-from gaprune.loaders import make_loader
-from gaprune.optimizers import build_optimizer
-from gaprune.plan import Plan
-from gaprune.problem import Objective, Problem
-from gaprune.sparsity import SparsePlan, magnitude_masks, masked_weights, sparse_layers
-from gaprune.training import evaluate, train
-from gaprune.units import count_macs_params, prune_model
+from gaprune.data.datasets import load_dataset
+from gaprune.data.loaders import make_loader
+from gaprune.engine.training import evaluate, train
+from gaprune.pruning.cost import CostModel
+from gaprune.pruning.masking import magnitude_masks, masked_weights, sparse_layers
+from gaprune.pruning.physical import count_macs_params, prune_model
+from gaprune.pruning.plan import Plan, SparsePlan
+from gaprune.search.encodings import build_encoding, validate_encoding
+from gaprune.search.fitness import FitnessContext, batch_norms, build_fitness
+from gaprune.search.optimizers import build_optimizer
+from gaprune.search.problem import Objective, Problem
+from gaprune.utils.errors import GapruneError
 
 from helpers import X0, run_cli, trained_on_digits
 
@@ -348,7 +348,7 @@ def test_finetune_fitness_recovers_a_heavily_pruned_plan(lenet, digits) -> None:
 
 
 def test_finetune_fitness_keeps_sparse_masks(lenet, digits, monkeypatch) -> None:
-    import gaprune.fitness as fitness_module
+    import gaprune.search.fitness as fitness_module
 
     model, units, importance, _ = lenet
     enc = build_encoding("layer_sparsity", units, importance, model=model, s_max=0.99)
@@ -431,7 +431,7 @@ def test_distortion_option_errors(lenet, digits) -> None:
 
 def _search(trained_root: Path, tmp: Path, *overrides: str) -> tuple[Path, dict]:
     run_cli("search.py", f"paths.checkpoints={trained_root / 'ck'}", f"paths.output_root={tmp}",
-            "logger.mode=disabled", "then_finetune=false", "fitness.samples=128", *overrides)
+            "logger.mode=disabled", "then_finetune=false", "fitness.calib_samples=128", *overrides)
     run = next((tmp / "search").rglob("search_summary.json")).parent
     return run, json.loads((run / "search_summary.json").read_text())
 
@@ -461,8 +461,8 @@ def test_cli_layer_sparsity_with_distortion(trained, tmp_path) -> None:
 def test_cli_adaptive_bn_calib_on_a_bn_model(tmp_path) -> None:
     """A tiny ResNet-20 baseline is trained by search.py itself, then searched with adaptive BN."""
     run_cli("search.py", f"paths.checkpoints={tmp_path / 'ck'}", f"paths.output_root={tmp_path}",
-            "logger.mode=disabled", "then_finetune=false", "model=resnet20", "model.kwargs.width=4",
-            "trainer.epochs=1", "dataset.train_limit=300", "importance.batches=1", "fitness.samples=64",
+            "logger.mode=disabled", "then_finetune=false", "model=resnet20", "model.params.width=4",
+            "trainer.epochs=1", "dataset.params.train_limit=300", "importance.calib_batches=1", "fitness.calib_samples=64",
             "fitness.params.adaptive_bn=true", "fitness.params.bn_batches=2", "optimizer.params.population=4",
             "optimizer.params.generations=1")
     summary = json.loads(next((tmp_path / "search").rglob("search_summary.json")).read_text())

@@ -9,8 +9,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from gaprune.errors import GapruneError
 from gaprune.models import MODELS, build_model, output_layer
+from gaprune.utils.errors import GapruneError
 
 OWN = ["lenet5", "vgg11", "vgg13", "vgg16", "vgg19", "resnet20", "resnet32", "resnet56",
        "resnet18", "mobilenetv2"]
@@ -112,7 +112,7 @@ def test_unknown_names_and_options_raise() -> None:
 
 
 def test_model_modules_do_not_import_torchvision() -> None:
-    code = "import sys, gaprune.models, gaprune.data; print('torchvision' in sys.modules)"
+    code = "import sys, gaprune.models, gaprune.data.datasets; print('torchvision' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -203,10 +203,12 @@ def test_mobilenetv2_cifar_geometry_and_width_mult() -> None:
 def test_new_models_prune_and_analytic_cost_matches_torch_pruning(name: str, units_expected: int) -> None:
     import random
 
-    from gaprune.cost import CostModel
-    from gaprune.encodings import build_encoding
-    from gaprune.importance import compute_importance
-    from gaprune.units import ChannelMasker, count_macs_params, discover_units, prune_model
+    from gaprune.pruning.cost import CostModel
+    from gaprune.pruning.importance import compute_importance
+    from gaprune.pruning.masking import ChannelMasker
+    from gaprune.pruning.physical import count_macs_params, prune_model
+    from gaprune.pruning.units import discover_units
+    from gaprune.search.encodings import build_encoding
 
     torch.manual_seed(0)
     model = build_model(name, 10, 3, 32).eval()

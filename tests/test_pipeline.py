@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from gaprune.checkpoint import example_input, load_model
-from gaprune.units import count_macs_params
+from gaprune.engine.checkpoint import example_input, load_model
+from gaprune.pruning.physical import count_macs_params
 from helpers import REPO, paths, run_cli
 
-FAST_SEARCH = ["optimizer.params.population=12", "optimizer.params.generations=4", "fitness.samples=128"]
+FAST_SEARCH = ["optimizer.params.population=12", "optimizer.params.generations=4", "fitness.calib_samples=128"]
 
 
 def only_run(root: Path, task: str) -> Path:
@@ -55,7 +55,7 @@ def test_quickstart_runs_end_to_end_with_wandb_offline(tmp_path):
 def test_search_improves_and_finetune_standalone(trained, tmp_path):
     out = [f"paths.checkpoints={trained / 'ck'}", f"paths.output_root={tmp_path}"]
     run_cli("search.py", *out, "optimizer=ga", "optimizer.params.population=12", "optimizer.params.generations=6",
-            "fitness.samples=128", "then_finetune=false", "logger.mode=disabled")
+            "fitness.calib_samples=128", "then_finetune=false", "logger.mode=disabled")
     run = sorted((tmp_path / "search").iterdir())[0]
     generations = json.loads((run / "generations.json").read_text())
     assert [g["generation"] for g in generations] == list(range(7))
@@ -92,10 +92,10 @@ def test_missing_baseline_without_autotrain_is_one_clear_line(tmp_path):
 
 def test_vgg16_search_on_prepared_cifar10(cifar10_root, tmp_path):
     """VGG-16 on real CIFAR-10 (from ../shared/data via prepare.py): train a tiny baseline, search."""
-    common = [*paths(tmp_path), "model=vgg16", "dataset=cifar10", f"dataset.data_dir={cifar10_root}",
-              "dataset.train_limit=330", "dataset.test_limit=100", "logger.mode=disabled"]
-    run_cli("search.py", *common, "trainer.epochs=1", "trainer.batch_size=32", "importance.batches=1",
-            "importance.batch_size=16", "fitness=taylor_proxy", "optimizer.params.population=8",
+    common = [*paths(tmp_path), "model=vgg16", "dataset=cifar10", f"dataset.params.data_dir={cifar10_root}",
+              "dataset.params.train_limit=330", "dataset.params.test_limit=100", "logger.mode=disabled"]
+    run_cli("search.py", *common, "trainer.epochs=1", "trainer.batch_size=32", "importance.calib_batches=1",
+            "importance.calib_batch_size=16", "fitness=taylor_proxy", "optimizer.params.population=8",
             "optimizer.params.generations=3", "then_finetune=false")
     summary = json.loads(next((tmp_path / "out" / "search").rglob("search_summary.json")).read_text())
     assert len(summary["units"]) == 13 and summary["data"]["name"] == "cifar10"

@@ -15,7 +15,7 @@ import torch
 
 from helpers import REPO, run_cli
 
-SEARCH = ["optimizer.params.population=24", "optimizer.params.generations=30", "fitness.samples=512",
+SEARCH = ["optimizer.params.population=24", "optimizer.params.generations=30", "fitness.calib_samples=512",
           "then_finetune=false", "logger.mode=disabled"]
 
 
@@ -59,13 +59,14 @@ def test_search_killed_mid_run_resumes_to_the_uninterrupted_result(trained, tmp_
 
 def test_finetune_interrupted_resumes_from_its_last_epoch(trained, tmp_path):
     """An interrupted fine-tune continues from the saved epoch and ends with the same weights."""
-    from gaprune.checkpoint import example_input, load_model
-    from gaprune.data import load_dataset
-    from gaprune.loaders import make_loader
-    from gaprune.training import TrainConfig, train_with_state
-    from gaprune.units import discover_units, prune_model
-    from gaprune.encodings import build_encoding
-    from gaprune.importance import compute_importance
+    from gaprune.data.datasets import load_dataset
+    from gaprune.data.loaders import make_loader
+    from gaprune.engine.checkpoint import example_input, load_model
+    from gaprune.engine.training import TrainConfig, train_with_state
+    from gaprune.pruning.importance import compute_importance
+    from gaprune.pruning.physical import prune_model
+    from gaprune.pruning.units import discover_units
+    from gaprune.search.encodings import build_encoding
     import random
 
     teacher, meta, _ = load_model(trained / "ck" / "lenet5-digits.pt")
@@ -122,7 +123,7 @@ def _bad_inputs(root: Path, trained_root: Path) -> dict[str, tuple[str, list[str
         "corrupt checkpoint": ("search.py", [f"baseline={corrupt}"], "is corrupt or not a torch file"),
         "pickle with code": ("search.py", [f"baseline={evil}"], "refusing to load"),
         "other model's checkpoint": ("search.py", [f"baseline={lenet}", "model=vgg16"], "holds a lenet5 but model=vgg16"),
-        "dataset missing": ("train.py", ["dataset=cifar10", f"dataset.data_dir={root / 'empty'}"], "prepare.py cifar10"),
+        "dataset missing": ("train.py", ["dataset=cifar10", f"dataset.params.data_dir={root / 'empty'}"], "prepare.py cifar10"),
         "nan loss": ("train.py", ["trainer.lr=1e30", "trainer.epochs=2"], "lower the learning rate"),
     }
 

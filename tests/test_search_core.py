@@ -12,20 +12,21 @@ import numpy as np
 import pytest
 import torch
 
-from gaprune.cost import CostModel
-from gaprune.data import load_dataset
-from gaprune.encodings import build_encoding
-from gaprune.errors import GapruneError
-from gaprune.fitness import FitnessContext, build_fitness
-from gaprune.importance import IMPORTANCES, compute_importance
+from gaprune.data.datasets import load_dataset
+from gaprune.engine.training import evaluate
 from gaprune.models import build_model
-from gaprune.optimizers import build_optimizer
-from gaprune.picks import knee, pareto_front, pick_plans
-from gaprune.plan import Plan
-from gaprune.problem import Objective, Problem
-from gaprune.strategies import STRATEGIES
-from gaprune.training import evaluate
-from gaprune.units import PrunableUnit, discover_units, prune_model
+from gaprune.pruning.cost import CostModel
+from gaprune.pruning.importance import IMPORTANCES, compute_importance
+from gaprune.pruning.physical import prune_model
+from gaprune.pruning.plan import Plan
+from gaprune.pruning.strategies import STRATEGIES
+from gaprune.pruning.units import PrunableUnit, discover_units
+from gaprune.search.encodings import build_encoding
+from gaprune.search.fitness import FitnessContext, build_fitness
+from gaprune.search.optimizers import build_optimizer
+from gaprune.search.picks import knee, pareto_front, pick_plans
+from gaprune.search.problem import Objective, Problem
+from gaprune.utils.errors import GapruneError
 
 from helpers import X0, trained_on_digits
 

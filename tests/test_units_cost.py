@@ -16,12 +16,14 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from gaprune.cost import CostModel
-from gaprune.encodings import build_encoding
-from gaprune.errors import GapruneError
 from gaprune.models import build_model, output_layer
-from gaprune.plan import Plan
-from gaprune.units import ChannelMasker, discover_units, feature_modules, prune_model
+from gaprune.pruning.cost import CostModel
+from gaprune.pruning.masking import ChannelMasker
+from gaprune.pruning.physical import prune_model
+from gaprune.pruning.plan import Plan
+from gaprune.pruning.units import discover_units, feature_modules
+from gaprune.search.encodings import build_encoding
+from gaprune.utils.errors import GapruneError
 
 # name -> (model kwargs, input channels, include_linear)
 SETUPS = {
@@ -305,7 +307,7 @@ def test_sliced_state_runs_the_physically_pruned_network(key: str) -> None:
     """functional_call with sliced tensors == the torch-pruning pruned model, no copy needed."""
     from torch.func import functional_call
 
-    from gaprune.units import sliced_state
+    from gaprune.pruning.slicing import sliced_state
 
     model, units, x0 = _setup(key)
     _randomise_bn(model, seed=1)

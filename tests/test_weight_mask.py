@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from gaprune.checkpoint import load_model
-from gaprune.data import load_dataset
-from gaprune.errors import GapruneError
-from gaprune.layer_eval import LayerEvaluator, model_accuracy
-from gaprune.layerwise import (LayerwiseResult, WeightMaskConfig, evolve_layer, forward_order, layer_seed, resolve_layers,
-                               search_layers)
-from gaprune.layerwise_run import STATE, CappedBatches
-from gaprune.loaders import make_loader
+from gaprune.data.datasets import load_dataset
+from gaprune.data.loaders import capped, make_loader
+from gaprune.engine.checkpoint import load_model
+from gaprune.engine.training import TrainConfig, evaluate, train
 from gaprune.models import build_model
-from gaprune.sparsity import SparsePlan, apply_masks_permanently, masked_weights
-from gaprune.training import TrainConfig, evaluate, train
+from gaprune.pipeline.layerwise import STATE
+from gaprune.pruning.masking import apply_masks_permanently, masked_weights
+from gaprune.pruning.plan import SparsePlan
+from gaprune.search.layerwise.evaluate import LayerEvaluator, model_accuracy
+from gaprune.search.layerwise.ga import (LayerwiseResult, WeightMaskConfig, evolve_layer, forward_order, layer_seed,
+                                         resolve_layers, search_layers)
+from gaprune.utils.errors import GapruneError
 from helpers import run_cli
 
 LENET_LAYERS = ["conv1", "conv2", "fc1", "fc2", "fc3"]
@@ -58,14 +59,14 @@ def retrainer(digits, steps: int = 8, lr: float = 0.01):
     """What run_layerwise_search does: SGD on train, masks re-applied after every step."""
     def retrain(model, masks, index):
         batches = make_loader(digits, "train", 64, shuffle=True, augment=True, seed=layer_seed(0, index))
-        train(model, CappedBatches(batches, steps), make_loader(digits, "val", 256), TrainConfig(epochs=1, lr=lr),
+        train(model, capped(batches, steps), make_loader(digits, "val", 256), TrainConfig(epochs=1, lr=lr),
               after_step=lambda: apply_masks_permanently(model, masks))
         return {"steps": steps}
     return retrain
 
 
 def test_batched_evaluation_equals_masked_weights(lenet, calib):
-    """Every evaluation mode gives the accuracy of the model under gaprune.sparsity.masked_weights."""
+    """Every evaluation mode gives the accuracy of the model under gaprune.pruning.masking.masked_weights."""
     rng = np.random.default_rng(0)
     for layer in LENET_LAYERS:
         size = lenet.get_submodule(layer).weight.numel()
@@ -228,10 +229,10 @@ def test_resnet18_single_layer_ga_step_on_random_data():
 
 def test_search_py_weight_mask_end_to_end_and_resume(trained, tmp_path):  # noqa: F811
     out = [f"paths.checkpoints={trained / 'ck'}", f"paths.output_root={tmp_path}", "logger.mode=disabled"]
-    small_args = ["encoding=weight_mask", "encoding.params.layers=[conv2,fc1]", "encoding.params.population=8",
-                  "encoding.params.generations=3"]
+    small_args = ["searcher=layerwise_weight_mask", "searcher.params.layers=[conv2,fc1]", "searcher.params.population=8",
+                  "searcher.params.generations=3"]
     proc = run_cli("search.py", *out, *small_args)
-    assert "weight_mask done: 2 layers" in proc.stdout
+    assert "layer-wise weight-mask search done: 2 layers" in proc.stdout
     run = sorted(p.parent for p in (tmp_path / "search").rglob(STATE))[0]
     for name in ("layers.json", "layers.csv", "layer_results.json", "weight_masks.json", "search_summary.json",
                  "layers.png", "masked_model.pt", STATE):
@@ -263,7 +264,7 @@ def test_search_py_weight_mask_end_to_end_and_resume(trained, tmp_path):  # noqa
                 "rows": [r for r in state["rows"] if r["layer"] == "conv2"], "state_dict": base.state_dict()},
                run / STATE)
     proc = run_cli("search.py", *out, *small_args, f"resume={run}")
-    assert "resuming weight_mask search" in proc.stdout and "1/2 layers done" in proc.stdout
+    assert "resuming layer-wise weight-mask search" in proc.stdout and "1/2 layers done" in proc.stdout
     assert "layer conv2:" not in proc.stdout and "layer fc1:" in proc.stdout  # finished layers are skipped
     assert json.loads((run / "weight_masks.json").read_text()) == final_masks
     assert without_time(json.loads((run / "layers.json").read_text())) == without_time(rows)
@@ -271,9 +272,9 @@ def test_search_py_weight_mask_end_to_end_and_resume(trained, tmp_path):  # noqa
 
 def test_search_py_single_layer_with_retrain(trained, tmp_path):  # noqa: F811
     out = [f"paths.checkpoints={trained / 'ck'}", f"paths.output_root={tmp_path}", "logger.mode=disabled"]
-    run_cli("search.py", *out, "encoding=weight_mask", "encoding.params.layers=fc2", "encoding.params.population=6",
-            "encoding.params.generations=2", "encoding.params.retrain_epochs=1", "encoding.params.retrain_steps=5",
-            "encoding.params.final_eval=false")
+    run_cli("search.py", *out, "searcher=layerwise_weight_mask", "searcher.params.layers=fc2", "searcher.params.population=6",
+            "searcher.params.generations=2", "searcher.params.retrain_epochs=1", "searcher.params.retrain_steps=5",
+            "searcher.params.final_eval=false")
     run = sorted(p.parent for p in (tmp_path / "search").rglob(STATE))[0]
     summary = json.loads((run / "search_summary.json").read_text())
     assert summary["layers"] == ["fc2"] and summary["val_acc"] is None and summary["per_layer"][0]["retrain_seconds"] > 0

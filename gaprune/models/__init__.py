@@ -11,8 +11,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from gaprune.errors import GapruneError
-from gaprune.registry import Registry
+from gaprune.utils.errors import GapruneError
+from gaprune.utils.registry import Registry
 
 Builder = Callable[..., nn.Module]
 

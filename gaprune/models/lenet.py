@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gaprune.errors import GapruneError
 from gaprune.models import MODELS, init_weights
+from gaprune.utils.errors import GapruneError
 
 
 class LeNet5(nn.Module):

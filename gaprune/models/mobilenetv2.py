@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gaprune.errors import GapruneError
 from gaprune.models import MODELS, init_weights
+from gaprune.utils.errors import GapruneError
 
 # (expansion t, output channels c, blocks n, stride of the first block s)
 CFG: tuple[tuple[int, int, int, int], ...] = (

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gaprune.errors import GapruneError
 from gaprune.models import MODELS, init_weights
+from gaprune.utils.errors import GapruneError
 
 CFGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],

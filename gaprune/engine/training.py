@@ -1,0 +1,173 @@
+"""Training, evaluation and knowledge-distillation fine-tuning (SGD + cosine)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from gaprune.utils.errors import GapruneError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GapruneError(f"device={name} but no CUDA GPU is visible; use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy."""
+    model.eval()
+    correct, loss, total = 0, 0.0, 0
+    for x, y in batches:
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        total += y.numel()
+    if total == 0:
+        raise GapruneError("evaluation got no samples; the split is empty")
+    return {"acc": correct / total, "loss": loss / total}
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
+    """Hinton KD: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+    soft = F.kl_div(F.log_softmax(student / temperature, 1), F.softmax(teacher / temperature, 1), reduction="batchmean")
+    return alpha * temperature**2 * soft + (1.0 - alpha) * F.cross_entropy(student, target)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    bn_sparsity: float = 0.0  # L1 on BN gammas (network slimming)
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise GapruneError(f"epochs={self.epochs} must be >= 0")
+        if not self.lr > 0:
+            raise GapruneError(f"lr={self.lr} must be > 0")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise GapruneError(f"kd_alpha={self.kd_alpha} must be in [0, 1]")
+        if not self.kd_temperature > 0:
+            raise GapruneError(f"kd_temperature={self.kd_temperature} must be > 0")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov and config.momentum > 0)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs))
+    return optimizer, scheduler
+
+
+def train(
+    model: nn.Module,
+    train_batches: Iterable,
+    val_batches: Iterable,
+    config: TrainConfig,
+    teacher: nn.Module | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    desc: str = "train",
+    start_epoch: int = 0,
+    optimizer_state: tuple[torch.optim.Optimizer, Any] | None = None,
+    after_step: Callable[[], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train in place; returns per-epoch history. KD from `teacher` when given; `after_step`
+    runs after every optimizer step (e.g. to re-apply unstructured weight masks)."""
+    config.validate()
+    optimizer, scheduler = optimizer_state or make_optimizer(model, config)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    if teacher is not None:
+        teacher.eval()
+    history = []
+    bar = tqdm(range(start_epoch, config.epochs), desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
+    for epoch in bar:
+        start = time.perf_counter()
+        model.train()
+        seen, correct, total_loss = 0, 0, 0.0
+        for x, y in train_batches:
+            logits = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = kd_loss(logits, teacher_logits, y, config.kd_temperature, config.kd_alpha)
+            else:
+                loss = F.cross_entropy(logits, y)
+            if config.bn_sparsity > 0:
+                loss = loss + config.bn_sparsity * sum(bn.weight.abs().sum() for bn in bns)
+            if not math.isfinite(loss.item()):
+                raise GapruneError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate (lr={config.lr})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if after_step is not None:
+                after_step()
+            seen += y.numel()
+            total_loss += loss.item() * y.numel()
+            correct += (logits.argmax(1) == y).sum().item()
+        scheduler.step()
+        val = evaluate(model, val_batches)
+        row = {"epoch": epoch + 1, "train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen),
+               "val_acc": val["acc"], "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - start}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}")
+        if on_epoch is not None:
+            on_epoch(row)
+    return history
+
+
+def train_with_state(model: nn.Module, train_batches, val_batches, config: TrainConfig, state_path: Path,
+                     teacher: nn.Module | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
+                     desc: str = "train", after_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """`train`, saving model/optimizer/scheduler/RNG state and history to `state_path` after every
+    epoch (atomically) and continuing from it when present: an interrupted run resumed here ends
+    with the weights of an uninterrupted one. `train_batches.set_epoch` keeps the batch order."""
+    from gaprune.utils.io import atomic_torch_save, read_torch_file
+
+    optimizer, scheduler = make_optimizer(model, config)
+    history: list[dict[str, Any]] = []
+    if state_path.is_file():
+        state = read_torch_file(state_path, "training state", "delete it to restart from epoch 0")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = list(state["history"])
+        print(f"{desc}: resuming after epoch {len(history)} from {state_path}")
+    train_batches.set_epoch(len(history))
+
+    def save(row: dict[str, Any]) -> None:
+        history.append(row)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "history": history},
+                          state_path)
+        if on_epoch is not None:
+            on_epoch(row)
+
+    train(model, train_batches, val_batches, config, teacher=teacher, on_epoch=save, desc=desc,
+          start_epoch=len(history), optimizer_state=(optimizer, scheduler), after_step=after_step)
+    return history

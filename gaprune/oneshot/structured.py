@@ -1,0 +1,224 @@
+"""Structured (channel) one-shot pruners: one global threshold or one uniform ratio, found by bisection
+on the analytic MACs of the plan (`gaprune.pruning.cost.CostModel`) so the plan reaches
+`target_macs_reduction` with the smallest overshoot the channel granularity allows.
+
+- `global_taylor` (rule min | median | max): per-unit-normalised Taylor importance, one global
+  threshold. `min` removes the globally least important channels; `median` takes the same
+  per-unit keep counts and removes, inside each unit, the window around the median rank
+  (strategy `median`); `max` removes the most important channels (a sanity check).
+- `uniform_l1`: the same keep ratio in every unit, filters chosen by L1 norm (strategy min).
+- `slimming` (network slimming): global threshold on raw BN |gamma| (mean over the unit's BNs),
+  meant for a baseline trained with `trainer.bn_sparsity>0`.
+Every unit keeps at least one channel.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch.nn as nn
+
+from gaprune.oneshot.base import OneshotContext, OneshotResult, PRUNERS, Pruner, check_choice, check_int
+from gaprune.pruning.plan import Plan
+from gaprune.pruning.strategies import STRATEGIES
+from gaprune.pruning.units import PrunableUnit
+from gaprune.utils.errors import GapruneError
+
+Chooser = Callable[[np.ndarray, int], np.ndarray]
+
+
+def keep_least_important(importance: np.ndarray, keep: int) -> np.ndarray:
+    """Opposite of Min-Importance: keep the `keep` lowest-scored channels (rule `max`)."""
+    return np.sort(np.argsort(importance, kind="stable")[:keep])
+
+
+def plan_from_counts(units: Sequence[PrunableUnit], scores: dict[str, np.ndarray], keep: Sequence[int],
+                     chooser: Chooser, strategy: str) -> Plan:
+    return Plan(keep={u.name: tuple(int(i) for i in chooser(scores[u.name], int(k))) for u, k in zip(units, keep)},
+                channels={u.name: u.channels for u in units}, strategies={u.name: strategy for u in units})
+
+
+def removal_order(units: Sequence[PrunableUnit], scores: dict[str, np.ndarray], most_important_first: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The global order in which channels go below a rising (or, for `max`, falling) threshold:
+    (unit index per removal, score per removal). Each unit's last channel is never listed, so a
+    unit keeps at least one. Ties break by unit order, then channel index."""
+    units_idx, values = [], []
+    for index, unit in enumerate(units):
+        score = np.asarray(scores[unit.name], dtype=np.float64)
+        if score.shape != (unit.channels,):
+            raise GapruneError(f"importance of unit '{unit.name}' has shape {score.shape}, expected ({unit.channels},)")
+        ordered = np.sort(score)[::-1] if most_important_first else np.sort(score)
+        removable = ordered[: unit.channels - 1]
+        units_idx.append(np.full(removable.shape[0], index))
+        values.append(removable)
+    unit_of, value = np.concatenate(units_idx), np.concatenate(values)
+    order = np.argsort(-value if most_important_first else value, kind="stable")
+    return unit_of[order], value[order]
+
+
+def macs_reduction(ctx: OneshotContext, plan: Plan) -> float:
+    cost = ctx.cost_model()
+    return 1.0 - cost.cost(plan)[0] / cost.base_macs
+
+
+def global_threshold_plan(ctx: OneshotContext, scores: dict[str, np.ndarray], target: float, chooser: Chooser,
+                          strategy: str, most_important_first: bool = False) -> OneshotResult:
+    """Smallest number of globally ranked removals whose plan reaches `target` (bisection)."""
+    units = list(ctx.units)
+    unit_of, value = removal_order(units, scores, most_important_first)
+    channels = np.array([u.channels for u in units])
+
+    def plan_after(k: int) -> Plan:
+        keep = channels - np.bincount(unit_of[:k], minlength=len(units))
+        return plan_from_counts(units, scores, keep, chooser, strategy)
+
+    deepest = plan_after(len(unit_of))
+    ctx.cost_model().verify([deepest])  # falls back to exact counting if the analytic count is off
+    reachable = macs_reduction(ctx, deepest)
+    if reachable < target:
+        raise GapruneError(f"target_macs_reduction={target} is out of reach: keeping one channel per unit removes "
+                           f"at most {reachable:.1%} of the MACs; lower the target")
+    lo, hi = 0, len(unit_of)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if macs_reduction(ctx, plan_after(mid)) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    plan = plan_after(lo)
+    reached = macs_reduction(ctx, plan)
+    return OneshotResult(plan, {"removed_channels": int(lo), "threshold": float(value[lo - 1]) if lo else None,
+                                 "macs_reduction": reached, "keep_counts": plan.keep_counts(),
+                                 "one_fewer_removal_reduction": macs_reduction(ctx, plan_after(lo - 1)) if lo else 0.0})
+
+
+def normalised(scores: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
+    """Per-unit normalisation before the global comparison. `mean`: score / unit mean (scale-free
+    across widths, torch-pruning's default for global pruning); `sum`: shares summing to 1 per
+    unit (gaprune's stored form; favours pruning wide units); `max`: score / unit max."""
+    out = {}
+    for name, score in scores.items():
+        score = np.abs(np.asarray(score, dtype=np.float64))
+        denom = {"mean": score.mean(), "sum": score.sum(), "max": score.max()}[how]
+        out[name] = score / denom if denom > 0 else np.ones_like(score)
+    return out
+
+
+@PRUNERS.register("global_taylor")
+class GlobalTaylor(Pruner):
+    kind = "structured"
+    name = "global_taylor"
+
+    def __init__(self, target: float, rule: str = "min", normalise: str = "mean", importance: str = "taylor",
+                 batches: int = 8, batch_size: int = 128) -> None:
+        super().__init__(target)
+        from gaprune.pruning.importance import IMPORTANCES
+
+        self.rule = check_choice("oneshot.params.rule", rule, ("min", "median", "max"))
+        self.normalise = check_choice("oneshot.params.normalise", normalise, ("mean", "sum", "max"))
+        IMPORTANCES.get(importance)
+        self.importance = importance
+        self.batches = check_int("oneshot.params.batches", batches, 0 if importance != "taylor" else 1)
+        self.batch_size = check_int("oneshot.params.batch_size", batch_size, 1)
+
+    def label(self) -> str:
+        return self.rule
+
+    def run(self, ctx: OneshotContext) -> OneshotResult:
+        scores = normalised(ctx.importance(self.importance, self.batches, self.batch_size), self.normalise)
+        if self.rule == "max":
+            return global_threshold_plan(ctx, scores, self.target, keep_least_important, "max", most_important_first=True)
+        return global_threshold_plan(ctx, scores, self.target, STRATEGIES.get(self.rule), self.rule)
+
+
+@PRUNERS.register("uniform_l1")
+class UniformL1(Pruner):
+    kind = "structured"
+    name = "uniform_l1"
+
+    def __init__(self, target: float) -> None:
+        super().__init__(target)
+
+    def label(self) -> str:
+        return "l1"
+
+    def run(self, ctx: OneshotContext) -> OneshotResult:
+        units = list(ctx.units)
+        scores = ctx.importance("l1", 0)
+        choose = STRATEGIES.get("min")
+
+        def plan_at(ratio: float) -> Plan:
+            keep = [min(u.channels, max(1, round(ratio * u.channels))) for u in units]
+            return plan_from_counts(units, scores, keep, choose, "min")
+
+        ctx.cost_model().verify([plan_at(0.0)])
+        reachable = macs_reduction(ctx, plan_at(0.0))
+        if reachable < self.target:
+            raise GapruneError(f"target_macs_reduction={self.target} is out of reach: one channel per unit removes "
+                               f"at most {reachable:.1%} of the MACs; lower the target")
+        lo, hi = 0.0, 1.0  # largest ratio whose plan still reaches the target
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if macs_reduction(ctx, plan_at(mid)) >= self.target:
+                lo = mid
+            else:
+                hi = mid
+        plan = plan_at(lo)
+        return OneshotResult(plan, {"keep_ratio": lo, "macs_reduction": macs_reduction(ctx, plan),
+                                     "keep_counts": plan.keep_counts()})
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@PRUNERS.register("slimming")
+class Slimming(Pruner):
+    """Network slimming (Liu et al. 2017): BN |gamma| as channel saliency, one global threshold."""
+
+    kind = "structured"
+    name = "slimming"
+
+    def __init__(self, target: float, sparse_tol: float = 0.01, min_sparse_share: float = 0.1) -> None:
+        super().__init__(target)
+        self.sparse_tol = float(sparse_tol)
+        self.min_sparse_share = float(min_sparse_share)
+
+    def label(self) -> str:
+        return "bn-gamma"
+
+    def check_model(self, model: nn.Module) -> None:
+        if not has_batchnorm(model):
+            raise GapruneError(f"oneshot=slimming ranks channels by BatchNorm |gamma| but {type(model).__name__} has no "
+                               "BatchNorm layers; use oneshot=global_taylor or oneshot=uniform_l1")
+
+    def run(self, ctx: OneshotContext) -> OneshotResult:
+        self.check_model(ctx.model)
+        scores = {}
+        for unit in ctx.units:
+            bns = [ctx.model.get_submodule(n) for n in unit.out_modules
+                   if isinstance(ctx.model.get_submodule(n), nn.modules.batchnorm._BatchNorm)]
+            if not bns or not all(bn.affine for bn in bns):
+                raise GapruneError(f"oneshot=slimming needs an affine BatchNorm after every pruned layer, but unit "
+                                   f"'{unit.name}' has none; use oneshot=global_taylor or oneshot=uniform_l1")
+            scores[unit.name] = np.mean([bn.weight.detach().abs().cpu().double().numpy() for bn in bns], axis=0)
+        gammas = np.concatenate(list(scores.values()))
+        share = float(np.mean(gammas < self.sparse_tol * gammas.max())) if gammas.max() > 0 else 1.0
+        sparse = share >= self.min_sparse_share
+        if not sparse:
+            warnings.warn(f"oneshot=slimming: the BN gammas are not sparse (only {share:.1%} are below "
+                          f"{self.sparse_tol:g} x max|gamma|); network slimming expects a baseline trained with "
+                          "trainer.bn_sparsity>0 (e.g. 1e-4) - this is plain global |gamma| pruning", stacklevel=2)
+        result = global_threshold_plan(ctx, scores, self.target, STRATEGIES.get("min"), "min")
+        result.info.update(gammas_sparse=sparse, small_gamma_share=share)
+        return result
+
+
+def taylor_mass_kept(plan: Plan, importance: dict[str, np.ndarray]) -> float:
+    """Share of per-unit-normalised importance a plan keeps, averaged over units (taylor_proxy)."""
+    shares = [float(np.asarray(importance[name])[list(idx)].sum() / max(1e-12, np.asarray(importance[name]).sum()))
+              for name, idx in plan.keep.items()]
+    return float(np.mean(shares)) if shares else math.nan

@@ -1,0 +1,88 @@
+"""finetune.py's job: pick plans from a search run, prune the baseline (physically, or by weight
+masks), fine-tune with KD from the unpruned baseline, and tabulate the results
+(`gaprune.engine.finetune.FinetuneJob`). `open_job` builds that job from a config for every
+pipeline that fine-tunes (finetune.py, search.py's then_finetune, one-shot, layer-wise)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch.nn as nn
+from omegaconf import DictConfig
+
+from gaprune.engine.checkpoint import example_input, load_model
+from gaprune.engine.finetune import FinetuneJob
+from gaprune.pipeline.setup import check_dataset, loader, make_logger, open_run, train_config, train_loader
+from gaprune.pruning.plan import plan_from_json
+from gaprune.pruning.units import PrunableUnit, discover_units
+from gaprune.search.picks import PICKS, pick_plans
+from gaprune.utils.errors import GapruneError
+from gaprune.utils.io import read_json
+
+RESUMABLE = ("results.json", "state-*.pt")  # a finetune run dir: finished rows, or a plan's per-epoch state
+
+
+def open_job(cfg: DictConfig, directory: Path, teacher: nn.Module, meta: dict[str, Any], bundle, device,
+             job_type: str, pick: str, header: dict[str, Any] | None = None,
+             units: Sequence[PrunableUnit] | None = None) -> FinetuneJob:
+    """A FinetuneJob with the `finetune` recipe; rows already in <directory>/results.json for
+    this `pick` count as done (resume)."""
+    x0 = example_input(meta)
+    if units is None:
+        units = discover_units(teacher, x0, include_linear=meta["model"].get("include_linear", False))
+    ft = cfg.finetune
+    train_batches = train_loader(cfg, bundle, ft.batch_size, device)
+    val_batches = loader(bundle, "val", ft.eval_batch_size, device)
+    test_batches = loader(bundle, "test", ft.eval_batch_size, device)
+    teacher = teacher.to(device)
+    logger = make_logger(cfg, directory, job_type)
+    done = read_json(directory / "results.json")["results"] if (directory / "results.json").is_file() else []
+    return FinetuneJob(train_config(ft), bool(ft.kd), directory, teacher, meta, list(units), x0, device, train_batches,
+                       val_batches, test_batches, logger, pick, dict(header or {}), [r for r in done if r["pick"] == pick])
+
+
+def chosen_records(search_dir: Path, pick: str, target: float | None) -> list[dict[str, Any]]:
+    """Records (with plans) for pick=knee|best|all|target_macs from a search run dir."""
+    if pick not in PICKS:
+        raise GapruneError(f"unknown pick '{pick}'; choose one of: {', '.join(PICKS)}")
+    pareto_path = search_dir / "pareto.json"
+    if not pareto_path.is_file():
+        raise GapruneError(f"'{search_dir}' is not a finished search run (no pareto.json); run search.py first "
+                           "or give search_dir=<a search run dir>")
+    if pick == "best":  # the best score may lie off the proxy/MACs front
+        return [read_json(search_dir / "best_plan.json")]
+    return pick_plans(read_json(pareto_path), pick, target)
+
+
+def resolve_search_dir(value: Any, output_root: Path) -> Path:
+    """A finished search run dir; `latest` means the newest one under outputs/search."""
+    if value in (None, "", "latest"):
+        finished = sorted((p for p in (output_root / "search").rglob("search_summary.json")
+                           if (p.parent / "pareto.json").is_file()), key=lambda p: p.stat().st_mtime)
+        if not finished:
+            raise GapruneError(f"no finished search run under '{output_root / 'search'}'; run search.py first "
+                               "or give search_dir=<a search run dir>")
+        return finished[-1].parent
+    path = Path(str(value))
+    if not (path / "search_summary.json").is_file():
+        raise GapruneError(f"search_dir='{path}' is not a finished search run (no search_summary.json); "
+                           "give the run dir that search.py printed")
+    return path
+
+
+def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Path | None = None) -> list[dict[str, Any]]:
+    """Fine-tune the `pick` of a search run; `directory` given (then_finetune) or from resume=."""
+    search_dir = resolve_search_dir(search_dir or cfg.get("search_dir"), Path(cfg.paths.output_root))
+    summary = read_json(search_dir / "search_summary.json")
+    run = open_run(cfg, () if directory is not None else RESUMABLE, "finetune", directory=directory, data=False)
+    teacher, meta, _ = load_model(summary["baseline"])
+    check_dataset(meta, cfg, summary["baseline"], f"the search used it: pass dataset={meta['data']['name']}")
+    job = open_job(cfg, run.directory, teacher, meta, run.load_data(), run.device, "finetune", cfg.pick,
+                   header={"search_dir": str(search_dir.resolve())})
+    for record in chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction):
+        if job.done(record["id"]):
+            continue  # finished before an interruption
+        job.run(plan_from_json(record["plan"]), record["id"], search_proxy=record["proxy"],
+                predicted_macs=record["macs"])
+    job.close()
+    return job.rows

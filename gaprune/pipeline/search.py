@@ -1,0 +1,227 @@
+"""search.py's job. `searcher` picks what is searched:
+
+- `network` (default): baseline -> units -> importance (cached) -> optimizer over the encoding
+  with the fitness -> records, Pareto set, picks, plots; checkpointed every generation.
+- `layerwise_weight_mask`: unstructured, one layer at a time (`gaprune.pipeline.layerwise`).
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm.auto import tqdm
+
+from gaprune.data.loaders import capped
+from gaprune.engine.training import seed_everything
+from gaprune.pipeline.setup import loader, make_logger, open_run, plain
+from gaprune.pruning.importance import IMPORTANCES, cache_file, compute_importance
+from gaprune.search.encodings import build_encoding, validate_encoding
+from gaprune.search.fitness import FITNESSES, FitnessContext, build_fitness
+from gaprune.search.layerwise import WeightMaskConfig
+from gaprune.search.optimizers import build_optimizer, optimizer_config
+from gaprune.search.picks import PICKS, knee, pareto_front, pick_plans
+from gaprune.search.problem import Objective, Problem
+from gaprune.utils.errors import GapruneError
+from gaprune.utils.io import read_json, write_csv, write_json
+from gaprune.utils.plots import plot_fitness, plot_keep_ratios, plot_pareto
+from gaprune.utils.registry import Registry
+
+STATE = "state.json"
+RECORDS = "evaluations.json"
+
+
+def generation_row(generation: int, population, problem: Problem, started: float) -> dict[str, Any]:
+    records = [problem.record_of(genome) for genome in population]
+    scores = [r["score"] for r in records]
+    proxies = [r["proxy"] for r in records]
+    return {
+        "generation": generation,
+        "evaluations": len(problem.records),
+        "cache_hits": problem.cache_hits,
+        "best_score": max(scores),
+        "mean_score": float(np.mean(scores)),
+        "best_proxy": max(proxies),
+        "mean_proxy": float(np.mean(proxies)),
+        "mean_macs_reduction": float(np.mean([r["macs_reduction"] for r in records])),
+        "max_macs_reduction": max(r["macs_reduction"] for r in records),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def validate_search_config(cfg: DictConfig) -> None:
+    """Fail on bad options in one line, before a baseline is trained or a file is written."""
+    validate_encoding(cfg.encoding.name, **plain(cfg.encoding.params))
+    optimizer_config(cfg.optimizer.name, **plain(cfg.optimizer.params))
+    Objective(**plain(cfg.objective))
+    FITNESSES.get(cfg.fitness.name)
+    IMPORTANCES.get(cfg.importance.name)
+    if cfg.pick not in PICKS:
+        raise GapruneError(f"unknown pick '{cfg.pick}'; choose one of: {', '.join(PICKS)}")
+    if cfg.pick == "target_macs" and cfg.objective.target_macs_reduction is None:
+        raise GapruneError("pick=target_macs needs objective.target_macs_reduction=<fraction>, e.g. 0.7")
+
+
+def run_network_search(cfg: DictConfig) -> dict[str, Any]:
+    """searcher=network: one genome per whole-network plan, evolved by `optimizer` over `encoding`."""
+    validate_search_config(cfg)
+    run = open_run(cfg, (STATE,), "search")
+    directory, device, bundle = run.directory, run.device, run.bundle
+    model = run.reference()
+    baseline_path, meta, x0, units = run.baseline_path, run.meta, run.x0, run.units
+    model.to(device)
+
+    imp = cfg.importance
+    cache = cache_file(Path(cfg.paths.checkpoints) / "cache", baseline_path, imp.name, imp.calib_batches, cfg.seed)
+    val_batches = lambda: capped(loader(bundle, "val", imp.calib_batch_size, device), imp.calib_batches)  # noqa: E731
+    importance = compute_importance(imp.name, model, units, val_batches, cfg.seed, cache)
+
+    encoding = build_encoding(cfg.encoding.name, units, importance, model=model, **plain(cfg.encoding.params))
+    cost = encoding.cost_model(model, x0, random.Random(cfg.seed))
+
+    fit = cfg.fitness
+    calib = list(loader(bundle, "val", fit.calib_batch_size, device, limit=fit.calib_samples)) if fit.name != "taylor_proxy" else []
+    train_batches = lambda batch_size, augment=True: loader(  # noqa: E731  (fresh seeded loader per call)
+        bundle, "train", batch_size, device, cfg.seed, train=True, augment=augment and bool(cfg.dataset.augment))
+    context = FitnessContext(model=model, units=units, importance=importance, calib=calib, device=device,
+                             train_batches=train_batches, seed=int(cfg.seed))
+    fitness = build_fitness(fit.name, context, **plain(fit.params))
+    objective = Objective(**plain(cfg.objective))
+    problem = Problem(encoding, fitness, cost, objective, objectives=list(cfg.optimizer.objectives))
+    optimizer = build_optimizer(cfg.optimizer.name, problem, **plain(cfg.optimizer.params))
+
+    state = None
+    generations: list[dict[str, Any]] = []
+    if run.resuming:
+        state = read_json(directory / STATE)
+        problem.restore(read_json(directory / RECORDS)[: state["records"]], state["cache_hits"])
+        generations = read_json(directory / "generations.json")[: state["generation"] + 1]
+        print(f"resuming search in {directory} after generation {state['generation']}")
+    seed_everything(cfg.seed)
+
+    logger = make_logger(cfg, directory, "search")
+    started = time.perf_counter() - (generations[-1]["seconds"] if generations else 0.0)
+    bar = tqdm(total=optimizer.config.generations + 1, initial=len(generations), desc=f"search {cfg.optimizer.name}",
+               unit="gen", leave=False, dynamic_ncols=True)
+
+    def on_generation(generation: int, population, _offspring) -> None:
+        row = generation_row(generation, population, problem, started)
+        generations.append(row)
+        write_json(directory / RECORDS, problem.records)
+        write_json(directory / "generations.json", generations)
+        write_csv(directory / "generations.csv", generations)
+        write_json(directory / STATE, {**optimizer.to_state(generation, population), "records": len(problem.records),
+                                              "cache_hits": problem.cache_hits})
+        logger.log({k: v for k, v in row.items() if k != "generation"}, step=generation)
+        bar.update(1)
+        bar.set_postfix(best=f"{row['best_score']:.4f}", evals=row["evaluations"])
+
+    if state is None or state["generation"] < optimizer.config.generations:
+        optimizer.run(on_generation, state)
+    bar.close()
+
+    summary = finish_search(cfg, directory, problem, encoding, units, generations, baseline_path, meta)
+    logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    logger.finish()
+    if cfg.then_finetune:
+        from gaprune.pipeline.finetune import run_finetune
+
+        summary["finetune"] = run_finetune(cfg, directory, directory / "finetune")
+    return summary
+
+
+def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, units, generations,
+                  baseline_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Pareto set, picks, plots and summary from the records."""
+    records = problem.records
+    front = pareto_front(records)
+
+    def with_plan(record: dict[str, Any]) -> dict[str, Any]:
+        return {**record, "plan": encoding.decode(record["genome"]).to_json()}
+
+    picks = {"knee": knee(front), "best": pick_plans(records, "best")[0]}
+    target = cfg.objective.target_macs_reduction
+    if target is not None and any(r["macs_reduction"] >= target for r in records):
+        picks["target_macs"] = pick_plans(records, "target_macs", target)[0]
+    write_json(directory / "pareto.json", [with_plan(r) for r in front])
+    write_json(directory / "picks.json", {name: with_plan(r) for name, r in picks.items()})
+    write_json(directory / "best_plan.json", with_plan(picks["best"]))
+    write_csv(directory / "evaluations.csv", [{k: (" ".join(map(str, v)) if isinstance(v, list) else v)
+                                               for k, v in r.items() if k != "genome"} for r in records])
+    plot_fitness(generations, directory / "fitness.png")
+    plot_pareto(records, front, picks, directory / "pareto.png")
+    plot_keep_ratios(encoding.layer_names(), {name: r["keep_ratios"] for name, r in picks.items()},
+                     directory / "keep_ratios.png")
+    summary = {
+        "run_dir": str(directory.resolve()),
+        "baseline": str(baseline_path.resolve()),
+        "model": meta["model"],
+        "data": meta["data"],
+        "baseline_val_acc": meta["val_acc"],
+        "baseline_test_acc": meta["test_acc"],
+        "baseline_macs": problem.cost.base_macs,
+        "baseline_params": problem.cost.base_params,
+        "units": [{"name": u.name, "channels": u.channels} for u in units],
+        "optimizer": cfg.optimizer.name,
+        "fitness": cfg.fitness.name,
+        "encoding": cfg.encoding.name,
+        "searcher": "network",
+        "evaluations": len(records),
+        "cache_hits": problem.cache_hits,
+        "pareto_size": len(front),
+        "seconds": generations[-1]["seconds"] if generations else 0.0,
+        "picks": {name: {k: r[k] for k in ("id", "proxy", "score", "macs_reduction", "params_reduction")}
+                  for name, r in picks.items()},
+    }
+    write_json(directory / "search_summary.json", summary)
+    knee_pick = picks["knee"]
+    print(f"search done: {len(records)} plans evaluated ({problem.cache_hits} cache hits) in {summary['seconds']:.1f}s; "
+          f"knee proxy {knee_pick['proxy']:.4f} at {100 * knee_pick['macs_reduction']:.1f}% fewer MACs -> {directory}")
+    return summary
+
+
+@dataclass(frozen=True)
+class Searcher:
+    """A `searcher` option: the job that runs it and the constructor of its `searcher.params`."""
+
+    run: Callable[[DictConfig], dict[str, Any]]
+    options: Callable[..., Any]
+
+
+def _no_options(**params: Any) -> None:
+    if params:
+        raise GapruneError(f"searcher=network has no option(s) {', '.join(sorted(params))}; its options are "
+                           "the encoding / fitness / optimizer groups")
+
+
+def _run_layerwise(cfg: DictConfig) -> dict[str, Any]:
+    from gaprune.pipeline.layerwise import run_layerwise_search
+
+    return run_layerwise_search(cfg)
+
+
+SEARCHERS: Registry[Searcher] = Registry("searcher")
+SEARCHERS.register("network")(Searcher(run_network_search, _no_options))
+SEARCHERS.register("layerwise_weight_mask")(Searcher(_run_layerwise, lambda **params: WeightMaskConfig.from_params(params)))
+
+
+def translate_deprecated(cfg: DictConfig) -> DictConfig:
+    """encoding=weight_mask (deprecated for one release) means searcher=layerwise_weight_mask
+    with the same options."""
+    if cfg.encoding.name != "weight_mask":
+        return cfg
+    print("encoding=weight_mask is deprecated; use searcher=layerwise_weight_mask "
+          "(options under searcher.params, same names)", file=sys.stderr)
+    with open_dict(cfg):
+        cfg.searcher = OmegaConf.create({"name": "layerwise_weight_mask", "params": plain(cfg.encoding.params)})
+    return cfg
+
+
+def run_search(cfg: DictConfig) -> dict[str, Any]:
+    cfg = translate_deprecated(cfg)
+    return SEARCHERS.get(cfg.searcher.name).run(cfg)

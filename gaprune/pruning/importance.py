@@ -1,0 +1,132 @@
+"""Channel importance per unit, computed once per search and cached by checkpoint.
+
+Every score is normalised per unit (sums to 1), so "share of importance kept" is comparable
+across units of different widths.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gaprune.pruning.units import PrunableUnit, feature_modules
+from gaprune.utils.errors import GapruneError
+from gaprune.utils.io import atomic_torch_save, read_torch_file
+from gaprune.utils.registry import Registry
+
+ImportanceFn = Callable[..., dict[str, np.ndarray]]
+IMPORTANCES: Registry[ImportanceFn] = Registry("importance")
+
+
+def _normalise(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    out = {}
+    for name, score in scores.items():
+        score = np.abs(np.asarray(score, dtype=np.float64))
+        total = score.sum()
+        out[name] = score / total if total > 0 else np.full_like(score, 1.0 / len(score))
+    return out
+
+
+@IMPORTANCES.register("taylor")
+def taylor_importance(model: nn.Module, units: Sequence[PrunableUnit], batches: Iterable, **_) -> dict[str, np.ndarray]:
+    """|sum over batches of activation x gradient| per channel, model in eval mode (BN stats untouched)."""
+    model.eval()
+    sums = {u.name: torch.zeros(u.channels, dtype=torch.float64) for u in units}
+    handles = []
+    for unit in units:
+        for name in feature_modules(model, unit):
+            def hook(_m, _i, output, unit_name=unit.name):
+                def grad_hook(grad, activation=output.detach()):
+                    dims = [0] + list(range(2, grad.dim()))
+                    sums[unit_name] += (activation * grad).sum(dim=dims).double().cpu()
+
+                output.register_hook(grad_hook)
+
+            handles.append(model.get_submodule(name).register_forward_hook(hook))
+    seen = 0
+    try:
+        for x, y in batches:
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            seen += 1
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+    if seen == 0:
+        raise GapruneError("taylor importance got no batches; raise importance.batches or check the validation split")
+    return {name: value.abs().numpy() for name, value in sums.items()}
+
+
+@IMPORTANCES.register("l1")
+def l1_importance(model: nn.Module, units: Sequence[PrunableUnit], **_) -> dict[str, np.ndarray]:
+    """Filter L1 norm, summed over the unit's conv/linear layers."""
+    scores = {}
+    for unit in units:
+        total = torch.zeros(unit.channels)
+        for name in unit.out_modules:
+            module = model.get_submodule(name)
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                total += module.weight.detach().abs().flatten(1).sum(1).cpu()
+        scores[unit.name] = total.numpy()
+    return scores
+
+
+@IMPORTANCES.register("bn_scale")
+def bn_scale_importance(model: nn.Module, units: Sequence[PrunableUnit], **_) -> dict[str, np.ndarray]:
+    """|gamma| of the unit's BatchNorm layers (network slimming)."""
+    scores = {}
+    for unit in units:
+        bns = [model.get_submodule(n) for n in unit.out_modules if isinstance(model.get_submodule(n), nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            raise GapruneError(f"importance=bn_scale needs BatchNorm layers but unit '{unit.name}' has none; use taylor or l1")
+        scores[unit.name] = sum(bn.weight.detach().abs().cpu() for bn in bns).numpy()
+    return scores
+
+
+@IMPORTANCES.register("random")
+def random_importance(model: nn.Module, units: Sequence[PrunableUnit], seed: int = 0, **_) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {unit.name: rng.random(unit.channels) for unit in units}
+
+
+def file_digest(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def cache_file(cache_dir: str | Path, checkpoint: str | Path, name: str, batches: int, seed: int) -> Path:
+    """Where the importance of `checkpoint` (keyed by its content hash) is cached."""
+    checkpoint = Path(checkpoint)
+    return Path(cache_dir) / f"{checkpoint.stem}-{file_digest(checkpoint)}-{name}-{batches}-s{seed}.pt"
+
+
+def compute_importance(
+    name: str,
+    model: nn.Module,
+    units: Sequence[PrunableUnit],
+    batches: Callable[[], Iterable],
+    seed: int,
+    cache_path: Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Normalised importance per unit; read from / written to `cache_path` when given."""
+    fn = IMPORTANCES.get(name)
+    if cache_path is not None and cache_path.exists():
+        try:
+            cached = read_torch_file(cache_path, "importance cache", "it is recomputed")
+            if isinstance(cached, dict) and set(cached) == {u.name for u in units}:
+                return {k: v.numpy() for k, v in cached.items()}
+        except GapruneError:  # a corrupt cache is recomputed, never trusted
+            pass
+    scores = _normalise(fn(model=model, units=units, batches=batches(), seed=seed))
+    if cache_path is not None:
+        atomic_torch_save({k: torch.from_numpy(v) for k, v in scores.items()}, cache_path)
+    return scores

@@ -1,0 +1,120 @@
+"""The search problem: genome -> plan -> (proxy, MACs, params, score), with a cache and a record
+of every plan evaluated. Optimizers only see genomes and objective tuples."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from gaprune.pruning.cost import CostModel
+from gaprune.pruning.plan import Plan
+from gaprune.search.encodings import Encoding
+from gaprune.search.fitness import Fitness
+from gaprune.utils.errors import GapruneError
+
+OBJECTIVE_KEYS = {"proxy": 1.0, "macs": -1.0, "params": -1.0}
+
+
+@dataclass
+class Objective:
+    """Scalar score for single-objective search: weighted sum, or proxy under a MACs target."""
+
+    w_acc: float = 1.0
+    w_macs: float = 0.5
+    w_params: float = 0.0
+    target_macs_reduction: float | None = None
+    penalty: float = 2.0
+
+    def __post_init__(self) -> None:
+        target = self.target_macs_reduction
+        if target is not None and not 0.0 < float(target) < 1.0:
+            raise GapruneError(
+                f"objective.target_macs_reduction={target} is out of range; give a fraction in (0, 1), e.g. 0.7"
+            )
+
+    def score(self, proxy: float, macs_reduction: float, params_reduction: float) -> float:
+        if self.target_macs_reduction is not None:
+            return proxy - self.penalty * max(0.0, self.target_macs_reduction - macs_reduction)
+        return self.w_acc * proxy + self.w_macs * macs_reduction + self.w_params * params_reduction
+
+
+class Problem:
+    def __init__(self, encoding: Encoding, fitness: Fitness, cost: CostModel, objective: Objective,
+                 objectives: Sequence[str] = ("proxy", "macs", "params")) -> None:
+        unknown = [name for name in objectives if name not in OBJECTIVE_KEYS]
+        if unknown or "proxy" not in objectives:
+            raise GapruneError(f"optimizer.objectives={list(objectives)} invalid; use a subset of "
+                               f"{list(OBJECTIVE_KEYS)} that includes proxy")
+        self.encoding = encoding
+        self.fitness = fitness
+        self.cost = cost
+        self.objective = objective
+        self.objectives = list(objectives)
+        self.records: list[dict[str, Any]] = []
+        self._cache: dict[tuple, dict[str, Any]] = {}
+        self.cache_hits = 0
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return tuple(OBJECTIVE_KEYS[name] for name in self.objectives)
+
+    def restore(self, records: list[dict[str, Any]], cache_hits: int = 0) -> None:
+        """Rebuild the cache from saved records (resume)."""
+        self.records = list(records)
+        self.cache_hits = cache_hits
+        self._cache = {}
+        for record in self.records:
+            self._cache[self._key(self.encoding.decode(record["genome"]))] = record
+
+    @staticmethod
+    def _key(plan: Plan) -> tuple:
+        return plan.signature()
+
+    def evaluate(self, genomes: Sequence[Sequence[float]], generation: int) -> list[dict[str, Any]]:
+        """Records for each genome; identical plans are evaluated once."""
+        plans = [self.encoding.decode(g) for g in genomes]
+        fresh: dict[tuple, int] = {}
+        for index, plan in enumerate(plans):
+            key = self._key(plan)
+            if key not in self._cache and key not in fresh:
+                fresh[key] = index
+        self.cache_hits += len(plans) - len(fresh)
+        if fresh:
+            indices = list(fresh.values())
+            results = self.fitness.evaluate([plans[i] for i in indices])
+            for index, result in zip(indices, results):
+                self._cache[self._key(plans[index])] = self._record(genomes[index], plans[index], result, generation)
+        return [self._cache[self._key(plan)] for plan in plans]
+
+    def record_of(self, genome: Sequence[float]) -> dict[str, Any]:
+        """The record of an already evaluated genome (no evaluation, no cache-hit count)."""
+        return self._cache[self._key(self.encoding.decode(genome))]
+
+    def _record(self, genome: Sequence[float], plan: Plan, result: dict[str, float], generation: int) -> dict[str, Any]:
+        proxy = float(result["proxy"])
+        if not np.isfinite(proxy):
+            raise GapruneError(f"fitness returned a non-finite proxy ({proxy}); check the baseline checkpoint")
+        macs, params = self.cost.cost(plan)
+        macs_reduction = 1.0 - macs / self.cost.base_macs
+        params_reduction = 1.0 - params / self.cost.base_params
+        record = {
+            "id": len(self.records),
+            "generation": generation,
+            "proxy": proxy,
+            "score": self.objective.score(proxy, macs_reduction, params_reduction),
+            "macs": macs,
+            "params": params,
+            "macs_reduction": macs_reduction,
+            "params_reduction": params_reduction,
+            **{k: float(v) for k, v in result.items() if k != "proxy"},
+            **plan.record_fields(),
+            "genome": [float(g) for g in genome],
+        }
+        self.records.append(record)
+        return record
+
+    def values(self, record: dict[str, Any]) -> tuple[float, ...]:
+        """Objective tuple for multi-objective selection (MACs/params as ratios of baseline)."""
+        table = {"proxy": record["proxy"], "macs": 1.0 - record["macs_reduction"], "params": 1.0 - record["params_reduction"]}
+        return tuple(table[name] for name in self.objectives)

@@ -1,0 +1,44 @@
+"""The deprecated spellings still work for one release, each with a one-line notice:
+scripts/baseline.py (-> scripts/oneshot.py, method= -> oneshot=) and encoding=weight_mask
+(-> searcher=layerwise_weight_mask, encoding.params -> searcher.params)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from helpers import REPO, paths, run_cli
+
+
+def notices(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "deprecated" in line]
+
+
+def test_baseline_shim_translates_method_overrides() -> None:
+    spec = importlib.util.spec_from_file_location("baseline_shim", REPO / "scripts" / "baseline.py")
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    assert shim.translate(["method=lamp", "method.params.rule=min", "+method.params.x=1", "-m", "methods=1",
+                           "target_sparsity=0.9"]) == [
+        "oneshot=lamp", "oneshot.params.rule=min", "+oneshot.params.x=1", "-m", "methods=1", "target_sparsity=0.9"]
+
+
+def test_scripts_baseline_py_still_runs_a_one_shot_pruner(trained, tmp_path):
+    proc = run_cli("scripts/baseline.py", f"paths.checkpoints={trained / 'ck'}", f"paths.output_root={tmp_path}",
+                   "logger.mode=disabled", "finetune.epochs=1", "method=global_taylor", "method.params.rule=min",
+                   "target_macs_reduction=0.6")
+    assert notices(proc.stderr) == [
+        "scripts/baseline.py is deprecated; use scripts/oneshot.py oneshot=<name> (same options)"]
+    run = next((tmp_path / "oneshot").iterdir())
+    row = json.loads((run / "results.json").read_text())["results"][0]
+    assert row["pick"] == "global_taylor" and row["plan_id"] == "min" and row["macs_reduction"] >= 0.6
+
+
+def test_encoding_weight_mask_still_runs_the_layerwise_search(trained, tmp_path):
+    proc = run_cli("search.py", *paths(trained)[:1], f"paths.output_root={tmp_path}", "logger.mode=disabled",
+                   "then_finetune=false", "encoding=weight_mask", "encoding.params.layers=fc2",
+                   "encoding.params.population=4", "encoding.params.generations=1", "encoding.params.final_eval=false")
+    assert len(notices(proc.stderr)) == 1 and "searcher=layerwise_weight_mask" in notices(proc.stderr)[0]
+    run = next((tmp_path / "search").iterdir())
+    summary = json.loads((run / "search_summary.json").read_text())
+    assert summary["searcher"] == "layerwise_weight_mask" and summary["layers"] == ["fc2"]
+    assert (run / "weight_masks.json").is_file() and (run / "layerwise_state.pt").is_file()
