@@ -46,28 +46,28 @@ $(DATA)/cifar-100-python/test:
 	@test -f $(SHARED)/cifar100-images.zip || { echo "no CIFAR-100: give prepare.py an archive (python $(SHARED)/prepare.py cifar100 --root $(DATA) --archive <zip>) or put cifar-100-python/ under $(DATA)/"; exit 2; }
 	$(PY) $(SHARED)/prepare.py cifar100 --root $(DATA) --archive $(SHARED)/cifar100-images.zip
 
-# --- paper tables: baseline -> GA-MO search + KD fine-tune -> one-shot baselines -> Markdown table --
+# --- paper tables: baseline -> GA-MO search + KD fine-tune -> one-shot pruners -> Markdown table ----
 table-vgg16-cifar10: install $(DATA)/cifar-10-batches-py/test_batch
 	$(call RUN,train.py,$(TABLES)/vgg16-cifar10/train) experiment=vgg16_cifar10
 	$(call RUN,search.py,$(TABLES)/vgg16-cifar10/ga-mo) experiment=vgg16_cifar10
-	$(call RUN,scripts/baseline.py,$(TABLES)/vgg16-cifar10/global-taylor-min) experiment=vgg16_cifar10 method=global_taylor method.params.rule=min
+	$(call RUN,scripts/oneshot.py,$(TABLES)/vgg16-cifar10/global-taylor-min) experiment=vgg16_cifar10 oneshot=global_taylor oneshot.params.rule=min
 	$(PY) scripts/report.py $(TABLES)/vgg16-cifar10 --title "VGG-16 / CIFAR-10 (paper: 93.62 -> 92.49 at -73.0% MACs)" --out $(TABLES)/vgg16-cifar10.md
 
 table-vgg16-cifar100: install $(DATA)/cifar-100-python/test
 	$(call RUN,train.py,$(TABLES)/vgg16-cifar100/train) experiment=vgg16_cifar100
 	$(call RUN,search.py,$(TABLES)/vgg16-cifar100/ga-mo) experiment=vgg16_cifar100
-	$(call RUN,scripts/baseline.py,$(TABLES)/vgg16-cifar100/global-taylor-min) experiment=vgg16_cifar100 method=global_taylor method.params.rule=min
+	$(call RUN,scripts/oneshot.py,$(TABLES)/vgg16-cifar100/global-taylor-min) experiment=vgg16_cifar100 oneshot=global_taylor oneshot.params.rule=min
 	$(PY) scripts/report.py $(TABLES)/vgg16-cifar100 --title "VGG-16 / CIFAR-100 (paper: 72.78 -> 71.82 GA-MO at -64.8%, 69.91 global Taylor min at -63.6%)" --out $(TABLES)/vgg16-cifar100.md
 
 table-lenet5-mnist: install $(DATA)/MNIST/raw/t10k-labels-idx1-ubyte
 	$(call RUN,train.py,$(TABLES)/lenet5-mnist/train) experiment=lenet5_mnist_weight_mask
-	$(call RUN,search.py,$(TABLES)/lenet5-mnist/weight-mask) experiment=lenet5_mnist_weight_mask $(if $(SMOKE),encoding.params.generations=4 encoding.params.population=12 encoding.params.calib_samples=256,)
-	$(call RUN,scripts/baseline.py,$(TABLES)/lenet5-mnist/global-magnitude) experiment=lenet5_mnist_weight_mask method=global_magnitude
+	$(call RUN,search.py,$(TABLES)/lenet5-mnist/weight-mask) experiment=lenet5_mnist_weight_mask $(if $(SMOKE),searcher.params.generations=4 searcher.params.population=12 searcher.params.calib_samples=256,)
+	$(call RUN,scripts/oneshot.py,$(TABLES)/lenet5-mnist/global-magnitude) experiment=lenet5_mnist_weight_mask oneshot=global_magnitude
 	$(PY) scripts/report.py $(TABLES)/lenet5-mnist --title "LeNet-5 / MNIST, unstructured weight-mask GA vs global magnitude" --out $(TABLES)/lenet5-mnist.md
 
 table-rd: install $(DATA)/cifar-10-batches-py/test_batch
 	$(call RUN,train.py,$(TABLES)/rd-resnet20-cifar10/train) experiment=rd_resnet20_cifar10
-	$(PY) scripts/baseline.py -m $(SMOKE_ARGS) paths.data_dir=$(DATA) hydra.sweep.dir=$(TABLES)/rd-resnet20-cifar10/methods experiment=rd_resnet20_cifar10 method=rate_distortion,lamp,erk,global_magnitude
+	$(PY) scripts/oneshot.py -m $(SMOKE_ARGS) paths.data_dir=$(DATA) hydra.sweep.dir=$(TABLES)/rd-resnet20-cifar10/oneshot experiment=rd_resnet20_cifar10 oneshot=rate_distortion,lamp,erk,global_magnitude
 	$(PY) scripts/report.py $(TABLES)/rd-resnet20-cifar10 --title "ResNet-20 / CIFAR-10 at 90% sparsity: rate-distortion vs LAMP / ERK / global magnitude" --out $(TABLES)/rd-resnet20-cifar10.md
 
 tables: table-vgg16-cifar10 table-vgg16-cifar100 table-lenet5-mnist table-rd
