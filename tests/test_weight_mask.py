@@ -1,4 +1,4 @@
-"""encoding=weight_mask: per-layer GA over binary weight masks (gaprune/layerwise.py).
+"""searcher=layerwise_weight_mask: per-layer GA over binary weight masks (gaprune/search/layerwise/).
 
 In-process tests use the LeNet-5 digits baseline that train.py writes (session fixture); the
 entry-point test runs search.py as a user does.

@@ -87,7 +87,7 @@ class LayerEvaluator:
     def __init__(self, model: nn.Module, layer: str, calib: Sequence[tuple[torch.Tensor, torch.Tensor]],
                  chunk: int = 8, mode: str | None = None) -> None:
         if not calib:
-            raise GapruneError("weight_mask: the calibration split is empty; raise searcher.params.calib_samples")
+            raise GapruneError("layerwise_weight_mask: the calibration split is empty; raise searcher.params.calib_samples")
         self.model, self.layer, self.calib, self.chunk = model, layer, list(calib), int(chunk)
         self.module = model.get_submodule(layer)
         self.weight = self.module.weight

@@ -1,4 +1,4 @@
-"""The `weight_mask` encoding: unstructured pruning, one layer at a time.
+"""searcher=layerwise_weight_mask: unstructured pruning, one layer at a time.
 
 For each chosen conv / linear layer in forward order, a DEAP GA evolves a binary mask over that
 one layer's weights (one bit per weight): tournament selection, uniform crossover, bit-flip
