@@ -1,6 +1,6 @@
-"""scripts/bench_quality.py end to end on a tiny setting (digits, via the missing-dataset fallback):
-every arm reaches the MACs target with the same fine-tune budget, fidelity taus are computed, and
-results.json / results.md are written. Keeps the benchmark from rotting (~10 s)."""
+"""scripts/bench_quality.py end to end on a tiny digits protocol: every arm lands at the MACs
+target with the same fine-tune budget, proxy correlations are computed, results are written in
+the documented schema, and a rerun skips every finished item."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,33 +17,30 @@ def load_script():
     return module
 
 
-def test_bench_quality_tiny_run(tmp_path, capsys):
+def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     bench = load_script()
-    args = bench.parse_args([
-        "--quick", "--dataset", "mnist", "--data-dir", str(tmp_path / "no-data"), "--target", "0.6",
-        "--population", "4", "--generations", "1", "--baseline-epochs", "2", "--finetune-epochs", "1",
-        "--fidelity-plans", "5", "--fidelity-epochs", "1", "--fidelity-window", "0.1", "--out", str(tmp_path / "out"),
-    ])
-    results = bench.run_benchmark(args)
-    out = capsys.readouterr().out
-    assert "falling back to scikit-learn's digits" in out
-    assert "| GA (NSGA-II, calib) |" in out and "Kendall tau" in out
-
-    assert results["setting"]["dataset"]["name"] == "digits"
-    arms = {entry["arm"]: entry for entry in results["comparison"]}
-    assert set(arms) == {"ga", "random", "global_taylor", "uniform_l1"}
-    for entry in arms.values():
-        assert min(entry["macs_reduction"]) >= 0.6 - 1e-9  # every arm at (or above) the MACs target
-        assert entry["finetune_epochs"] == [1] and entry["kd"] == [True]  # the same fine-tune budget
-        assert all(0.0 <= acc <= 1.0 for acc in entry["test_acc"])
-    assert arms["ga"]["evaluations"][0] <= 8 and arms["random"]["evaluations"][0] <= 8  # same proposal budget
-
-    fidelity = results["fidelity"]
-    assert fidelity["plans"] == 5
-    assert {k["fitness"] for k in fidelity["kendall"]} >= {"taylor_proxy", "calib", "distortion"}
-    assert any("no BatchNorm" in note for note in fidelity["notes"])  # LeNet-5: adaptive BN skipped
-    assert all(0.5 - 1e-9 <= p["macs_reduction"] <= 0.7 + 1e-9 for p in fidelity["per_plan"])
-
+    argv = ["--protocol", "digits", "--out", str(tmp_path / "out"), "--arms", "default", "random", "uniform_l1",
+            "--set", "baseline_epochs=2", "--set", "population=4", "--set", "generations=1",
+            "--set", 'models={"resnet20": {"overrides": ["model.params.width=4"], "targets": [0.5], "seeds": [0]}}',
+            "--set", "fidelity.plans=4"]
+    results = bench.main(argv)
+    assert set(results["baselines"]) == {"resnet20"}
+    cells = results["arms"]["resnet20@0.5"]
+    assert set(cells) == {"default", "random", "uniform_l1"}
+    for arm, cell in cells.items():
+        assert cell["seeds"] == [0] and 0.0 <= cell["test_acc"][0] <= 1.0
+        assert 0.5 - 1e-9 <= cell["macs_reduction"][0] <= 0.51 + (0.05 if arm == "uniform_l1" else 0.0)
+    assert set(results["fidelity"]) >= {"taylor_proxy", "calib", "calib_adaptive_bn", "distortion"}
+    assert all(set(v) == {"kendall_tau", "spearman"} for v in results["fidelity"].values())
+    assert results["fidelity_details"]["plans_finetuned"] == 4
     written = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert written["comparison"][0]["arm"] == "ga"
+    assert written["arms"] == results["arms"]
     assert "## Proxy fidelity" in (tmp_path / "out" / "results.md").read_text()
+    capsys.readouterr()
+
+    items = sorted((tmp_path / "out" / "items").rglob("*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in items}
+    again = bench.main(argv)  # everything finished: nothing is recomputed
+    assert again["arms"] == results["arms"]
+    assert {p: p.stat().st_mtime_ns for p in items} == stamps
+    assert "[bench]" not in capsys.readouterr().out.replace("[bench] wrote", "")

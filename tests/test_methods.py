@@ -262,7 +262,7 @@ def test_adaptive_bn_changes_the_score_of_a_pruned_plan_and_restores_bn(resnet, 
     model = resnet[0]
     state = _state(model)
     plan = _ratio_plan(resnet, 0.3)
-    plain = build_fitness("calib", _context(resnet, digits))
+    plain = build_fitness("calib", _context(resnet, digits), adaptive_bn=False)
     adaptive = build_fitness("calib", _context(resnet, digits), adaptive_bn=True, bn_batches=4)
     assert adaptive.stackable is False and adaptive.groups([plan, plan, plan]) == [[0], [1], [2]]
     before, after = plain.evaluate([plan])[0], adaptive.evaluate([plan])[0]
@@ -272,11 +272,16 @@ def test_adaptive_bn_changes_the_score_of_a_pruned_plan_and_restores_bn(resnet, 
     assert adaptive.evaluate([plan])[0] == after  # same BN batches every time: deterministic
 
 
-def test_adaptive_bn_masked_equals_physically_pruned_with_reestimated_bn(resnet, digits) -> None:
+@pytest.mark.parametrize("execution", ["masked", "sliced"])
+def test_adaptive_bn_equals_physically_pruned_with_reestimated_bn(resnet, digits, execution) -> None:
     model, units, _, calib = resnet
+    state = _state(model)
     plan = _ratio_plan(resnet, 0.4)
-    fitness = build_fitness("calib", _context(resnet, digits), adaptive_bn=True, bn_batches=3, bn_batch_size=32)
+    fitness = build_fitness("calib", _context(resnet, digits), adaptive_bn=True, bn_batches=3, bn_batch_size=32,
+                            execution=execution)
+    assert fitness.execution == execution
     score = fitness.evaluate([plan])[0]
+    _assert_same_state(model, state)  # neither path leaves re-estimated statistics in the baseline
     pruned = prune_model(model, units, plan, X0)
     for bn in batch_norms(pruned):
         bn.reset_running_stats()
@@ -300,7 +305,7 @@ def test_adaptive_bn_repairs_corrupted_bn_statistics(resnet, digits) -> None:
             bn.running_var.mul_(25.0)
     full = _ratio_plan(resnet, 1.0)
     context = _context(resnet, digits, model=model)
-    broken = build_fitness("calib", context).evaluate([full])[0]["proxy"]
+    broken = build_fitness("calib", context, adaptive_bn=False).evaluate([full])[0]["proxy"]
     repaired = build_fitness("calib", context, adaptive_bn=True, bn_batches=8).evaluate([full])[0]["proxy"]
     assert broken < baseline - 0.2
     assert repaired > broken + 0.2 and repaired > baseline - 0.1
@@ -311,10 +316,18 @@ def test_adaptive_bn_on_sparse_plans(resnet, digits) -> None:
     state = _state(model)
     enc = build_encoding("layer_sparsity", units, importance, model=model)
     plans = [enc.decode([s] * enc.n_real) for s in (0.0, 0.7)]
-    plain = build_fitness("calib", _context(resnet, digits)).evaluate(plans)
+    plain = build_fitness("calib", _context(resnet, digits), adaptive_bn=False).evaluate(plans)
     adaptive = build_fitness("calib", _context(resnet, digits), adaptive_bn=True, bn_batches=4).evaluate(plans)
     assert adaptive[1]["calib_loss"] != pytest.approx(plain[1]["calib_loss"], rel=1e-3)
     _assert_same_state(model, state)
+
+
+def test_adaptive_bn_auto_is_on_exactly_for_models_with_batchnorm(lenet, resnet, digits) -> None:
+    assert build_fitness("calib", _context(resnet, digits)).adaptive_bn is True
+    assert build_fitness("calib", _context(lenet, digits)).adaptive_bn is False
+    assert build_fitness("calib", _context(resnet, digits), adaptive_bn=False).adaptive_bn is False
+    with pytest.raises(GapruneError, match="adaptive_bn='sometimes'"):
+        build_fitness("calib", _context(resnet, digits), adaptive_bn="sometimes")
 
 
 def test_adaptive_bn_option_errors(lenet, resnet, digits) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import torch.nn as nn
 
 from gaprune.oneshot.base import OneshotContext, OneshotResult, PRUNERS, Pruner, check_choice, check_int
+from gaprune.pruning.allocation import normalised, removal_order
 from gaprune.pruning.plan import Plan
 from gaprune.pruning.strategies import STRATEGIES
 from gaprune.pruning.units import PrunableUnit
@@ -38,25 +39,6 @@ def plan_from_counts(units: Sequence[PrunableUnit], scores: dict[str, np.ndarray
                      chooser: Chooser, strategy: str) -> Plan:
     return Plan(keep={u.name: tuple(int(i) for i in chooser(scores[u.name], int(k))) for u, k in zip(units, keep)},
                 channels={u.name: u.channels for u in units}, strategies={u.name: strategy for u in units})
-
-
-def removal_order(units: Sequence[PrunableUnit], scores: dict[str, np.ndarray], most_important_first: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """The global order in which channels go below a rising (or, for `max`, falling) threshold:
-    (unit index per removal, score per removal). Each unit's last channel is never listed, so a
-    unit keeps at least one. Ties break by unit order, then channel index."""
-    units_idx, values = [], []
-    for index, unit in enumerate(units):
-        score = np.asarray(scores[unit.name], dtype=np.float64)
-        if score.shape != (unit.channels,):
-            raise GapruneError(f"importance of unit '{unit.name}' has shape {score.shape}, expected ({unit.channels},)")
-        ordered = np.sort(score)[::-1] if most_important_first else np.sort(score)
-        removable = ordered[: unit.channels - 1]
-        units_idx.append(np.full(removable.shape[0], index))
-        values.append(removable)
-    unit_of, value = np.concatenate(units_idx), np.concatenate(values)
-    order = np.argsort(-value if most_important_first else value, kind="stable")
-    return unit_of[order], value[order]
 
 
 def macs_reduction(ctx: OneshotContext, plan: Plan) -> float:
@@ -93,18 +75,6 @@ def global_threshold_plan(ctx: OneshotContext, scores: dict[str, np.ndarray], ta
     return OneshotResult(plan, {"removed_channels": int(lo), "threshold": float(value[lo - 1]) if lo else None,
                                  "macs_reduction": reached, "keep_counts": plan.keep_counts(),
                                  "one_fewer_removal_reduction": macs_reduction(ctx, plan_after(lo - 1)) if lo else 0.0})
-
-
-def normalised(scores: dict[str, np.ndarray], how: str) -> dict[str, np.ndarray]:
-    """Per-unit normalisation before the global comparison. `mean`: score / unit mean (scale-free
-    across widths, torch-pruning's default for global pruning); `sum`: shares summing to 1 per
-    unit (gaprune's stored form; favours pruning wide units); `max`: score / unit max."""
-    out = {}
-    for name, score in scores.items():
-        score = np.abs(np.asarray(score, dtype=np.float64))
-        denom = {"mean": score.mean(), "sum": score.sum(), "max": score.max()}[how]
-        out[name] = score / denom if denom > 0 else np.ones_like(score)
-    return out
 
 
 @PRUNERS.register("global_taylor")

@@ -19,14 +19,16 @@ from tqdm.auto import tqdm
 
 from gaprune.data.loaders import capped
 from gaprune.engine.training import seed_everything
-from gaprune.pipeline.setup import loader, make_logger, open_run, plain
+from gaprune.pipeline.setup import Run, loader, make_logger, open_run, plain
+from gaprune.pruning.cost import CostModel
 from gaprune.pruning.importance import IMPORTANCES, cache_file, compute_importance
-from gaprune.search.encodings import build_encoding, validate_encoding
-from gaprune.search.fitness import FITNESSES, FitnessContext, build_fitness
+from gaprune.search.encodings import Encoding, KeepRatioEncoding, build_encoding, validate_encoding
+from gaprune.search.fitness import FITNESSES, Fitness, FitnessContext, build_fitness
 from gaprune.search.layerwise import WeightMaskConfig
 from gaprune.search.optimizers import build_optimizer, optimizer_config
 from gaprune.search.picks import PICKS, knee, pareto_front, pick_plans
 from gaprune.search.problem import Objective, Problem
+from gaprune.search.target import TargetRepair, target_seeds
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.io import read_json, write_csv, write_json
 from gaprune.utils.plots import plot_fitness, plot_keep_ratios, plot_pareto
@@ -71,29 +73,15 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
     """searcher=network: one genome per whole-network plan, evolved by `optimizer` over `encoding`."""
     validate_search_config(cfg)
     run = open_run(cfg, (STATE,), "search")
-    directory, device, bundle = run.directory, run.device, run.bundle
-    model = run.reference()
-    baseline_path, meta, x0, units = run.baseline_path, run.meta, run.x0, run.units
-    model.to(device)
-
-    imp = cfg.importance
-    cache = cache_file(Path(cfg.paths.checkpoints) / "cache", baseline_path, imp.name, imp.calib_batches, cfg.seed)
-    val_batches = lambda: capped(loader(bundle, "val", imp.calib_batch_size, device), imp.calib_batches)  # noqa: E731
-    importance = compute_importance(imp.name, model, units, val_batches, cfg.seed, cache)
-
-    encoding = build_encoding(cfg.encoding.name, units, importance, model=model, **plain(cfg.encoding.params))
-    cost = encoding.cost_model(model, x0, random.Random(cfg.seed))
-
-    fit = cfg.fitness
-    calib = list(loader(bundle, "val", fit.calib_batch_size, device, limit=fit.calib_samples)) if fit.name != "taylor_proxy" else []
-    train_batches = lambda batch_size, augment=True: loader(  # noqa: E731  (fresh seeded loader per call)
-        bundle, "train", batch_size, device, cfg.seed, train=True, augment=augment and bool(cfg.dataset.augment))
-    context = FitnessContext(model=model, units=units, importance=importance, calib=calib, device=device,
-                             train_batches=train_batches, seed=int(cfg.seed))
-    fitness = build_fitness(fit.name, context, **plain(fit.params))
+    directory = run.directory
+    run.reference()
+    baseline_path, meta, units = run.baseline_path, run.meta, run.units
+    importance, encoding, cost = search_space(run)
+    fitness = fitness_from_config(cfg.fitness, run, importance)
     objective = Objective(**plain(cfg.objective))
-    problem = Problem(encoding, fitness, cost, objective, objectives=list(cfg.optimizer.objectives))
-    optimizer = build_optimizer(cfg.optimizer.name, problem, **plain(cfg.optimizer.params))
+    repair, seeds = at_target(cfg, objective, encoding, cost, importance)
+    problem = Problem(encoding, fitness, cost, objective, objectives=list(cfg.optimizer.objectives), repair=repair)
+    optimizer = build_optimizer(cfg.optimizer.name, problem, seeds=list(seeds.values()), **plain(cfg.optimizer.params))
 
     state = None
     generations: list[dict[str, Any]] = []
@@ -220,6 +208,51 @@ def translate_deprecated(cfg: DictConfig) -> DictConfig:
     with open_dict(cfg):
         cfg.searcher = OmegaConf.create({"name": "layerwise_weight_mask", "params": plain(cfg.encoding.params)})
     return cfg
+
+
+def search_space(run: Run) -> tuple[dict[str, np.ndarray], Encoding, CostModel]:
+    """(importance, encoding, cost model) of a run whose reference model is loaded: importance
+    computed once on validation batches (cached by checkpoint), the configured encoding, and the
+    encoding's cost model checked against physical pruning. Moves the model to the run's device."""
+    cfg, model, device = run.cfg, run.model, run.device
+    model.to(device)
+    imp = cfg.importance
+    cache = cache_file(Path(cfg.paths.checkpoints) / "cache", run.baseline_path, imp.name, imp.calib_batches, cfg.seed)
+    val_batches = lambda: capped(loader(run.bundle, "val", imp.calib_batch_size, device), imp.calib_batches)  # noqa: E731
+    importance = compute_importance(imp.name, model, run.units, val_batches, cfg.seed, cache)
+    encoding = build_encoding(cfg.encoding.name, run.units, importance, model=model, **plain(cfg.encoding.params))
+    return importance, encoding, encoding.cost_model(model, run.x0, random.Random(cfg.seed))
+
+
+def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness:
+    """The `fitness` group's fitness over the run's reference model: calibration batches from
+    validation, fresh seeded training loaders for adaptive BN / fine-tuning fitnesses."""
+    cfg, device, bundle = run.cfg, run.device, run.bundle
+    calib = list(loader(bundle, "val", fit.calib_batch_size, device, limit=fit.calib_samples)) if fit.name != "taylor_proxy" else []
+    train_batches = lambda batch_size, augment=True: loader(  # noqa: E731  (fresh seeded loader per call)
+        bundle, "train", batch_size, device, cfg.seed, train=True, augment=augment and bool(cfg.dataset.augment))
+    context = FitnessContext(model=run.model, units=run.units, importance=importance, calib=calib, device=device,
+                             train_batches=train_batches, seed=int(cfg.seed))
+    return build_fitness(fit.name, context, **plain(fit.params))
+
+
+def at_target(cfg: DictConfig, objective: Objective, encoding, cost, importance) -> tuple[TargetRepair | None, dict]:
+    """With objective.target_macs_reduction: the genome repair onto the target (keep-ratio
+    encodings, objective.repair_to_target) and the one-shot seeds of the first population
+    (optimizer.seed_with_oneshot)."""
+    target = objective.target_macs_reduction
+    if target is None or not objective.repair_to_target:
+        return None, {}
+    if not isinstance(encoding, KeepRatioEncoding):
+        print(f"note: encoding={cfg.encoding.name} has no keep ratios to repair onto the MACs target; "
+              "the target acts through objective.penalty only")
+        return None, {}
+    repair = TargetRepair(encoding, cost, target, objective.target_tolerance)
+    seeds = target_seeds(encoding, cost, importance, target) if cfg.optimizer.get("seed_with_oneshot") else {}
+    print(f"search at {target:.0%} fewer MACs: genomes repaired onto [{target:.3f}, "
+          f"{target + objective.target_tolerance:.3f}]" + (f"; first population seeded with {', '.join(seeds)}"
+                                                          if seeds else ""))
+    return repair, seeds
 
 
 def run_search(cfg: DictConfig) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def model_spec(cfg: DictConfig) -> dict[str, Any]:
 
 def load_bundle(cfg: DictConfig) -> DataBundle:
     data = cfg.dataset
-    return load_dataset(data.name, seed=cfg.seed, **plain(data.params))
+    return load_dataset(data.name, seed=int(data.get("split_seed", cfg.seed)), **plain(data.params))
 
 
 def loader(bundle: DataBundle, split: str, batch_size: int, device, seed: int = 0, train: bool = False,

@@ -114,6 +114,37 @@ def adapted_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Ten
                 bn.momentum = momentum
 
 
+@torch.no_grad()
+def sliced_with_fresh_bn(model: nn.Module, state: dict[str, torch.Tensor],
+                         batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Adaptive BN on the sliced path: `state` (a plan's sliced tensors, see `sliced_state`) with
+    every BN layer's running statistics replaced by fresh tensors re-estimated on `batches`
+    (cumulative average, BN layers in train mode, the rest in eval). Equal to `adapted_bn` on the
+    channel-masked model for the kept channels; the baseline's own buffers are never written."""
+    state = dict(state)
+    bns = {name: m for name, m in model.named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    for name, bn in bns.items():
+        width = state[f"{name}.weight"].shape[0] if f"{name}.weight" in state else bn.running_mean.shape[0]
+        like = bn.running_mean
+        state[f"{name}.running_mean"] = torch.zeros(width, device=like.device, dtype=like.dtype)
+        state[f"{name}.running_var"] = torch.ones(width, device=like.device, dtype=like.dtype)
+        state[f"{name}.num_batches_tracked"] = torch.zeros((), device=like.device, dtype=torch.long)
+    momenta = {name: bn.momentum for name, bn in bns.items()}
+    model.eval()
+    try:
+        for bn in bns.values():
+            bn.momentum = None  # cumulative moving average over the batches
+            bn.train()
+        for x, _ in batches:
+            functional_call(model, state, (x,))  # BN updates the fresh running tensors in place
+    finally:
+        for name, bn in bns.items():
+            bn.momentum = momenta[name]
+        model.eval()
+    return state
+
+
 class MaskedForwardFitness(Fitness):
     """Base of fitnesses that run the baseline with plans applied (see the module docstring).
     Subclasses implement `score(plans)`: the model is in eval mode with `plans` applied and each
@@ -209,16 +240,22 @@ class MaskedForwardFitness(Fitness):
 class CalibrationAccuracy(MaskedForwardFitness):
     """Accuracy (and loss) of the masked baseline on a calibration subset of validation.
 
-    `adaptive_bn`: before scoring each plan, re-estimate BN statistics of the masked model on
-    `bn_batches` training batches of `bn_batch_size` (the same seeded batches for every plan); the
-    baseline's statistics are restored afterwards. Plans are then scored one at a time (stacked
-    plans would share BN statistics)."""
+    `adaptive_bn` (EagleEye): before scoring each plan, re-estimate BN statistics of the pruned
+    network on `bn_batches` training batches of `bn_batch_size` (the same seeded batches for every
+    plan). `auto` (default) turns it on for models with BatchNorm: with the baseline's statistics a
+    heavily pruned net scores near chance and the proxy cannot rank plans. On the sliced path the
+    statistics are fresh tensors in the plan's sliced state (the baseline is never touched); on the
+    masked path the shared model's BN buffers are re-estimated under the masks and restored after.
+    Plans are scored one at a time (stacked plans would share BN statistics)."""
 
     def __init__(self, context: FitnessContext, samples: int = 512, batch_size: int = 256, chunk: int = 8,
-                 metric: str = "accuracy", adaptive_bn: bool = False, bn_batches: int = 8,
+                 metric: str = "accuracy", adaptive_bn: bool | str = "auto", bn_batches: int = 8,
                  bn_batch_size: int = 64, execution: str = "auto") -> None:
-        # adaptive BN re-estimates the shared model's BN buffers under channel masks
-        super().__init__(context, chunk, "masked" if adaptive_bn else execution)
+        if adaptive_bn == "auto":  # the most faithful proxy wherever there are BN statistics to refit
+            adaptive_bn = bool(batch_norms(context.model)) and context.train_batches is not None
+        if adaptive_bn not in (True, False):
+            raise GapruneError(f"fitness.params.adaptive_bn={adaptive_bn!r} must be auto, true or false")
+        super().__init__(context, chunk, execution)
         if metric not in ("accuracy", "neg_loss"):
             raise GapruneError(f"fitness.metric={metric!r} is not supported; use accuracy or neg_loss")
         self.metric = metric
@@ -249,10 +286,13 @@ class CalibrationAccuracy(MaskedForwardFitness):
         return self._bn_data
 
     def score(self, plans: Sequence[AnyPlan]) -> list[dict[str, float]]:
-        if self.adaptive_bn:
-            with adapted_bn(self.context.model, self.bn_data()):
-                return self._accuracy(len(plans))
-        return self._accuracy(len(plans))
+        if not self.adaptive_bn:
+            return self._accuracy(len(plans))
+        if self._sliced is not None:
+            self._sliced = sliced_with_fresh_bn(self.context.model, self._sliced, self.bn_data())
+            return self._accuracy(len(plans))
+        with adapted_bn(self.context.model, self.bn_data()):
+            return self._accuracy(len(plans))
 
     def _accuracy(self, population: int) -> list[dict[str, float]]:
         device = self.context.device

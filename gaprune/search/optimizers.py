@@ -65,8 +65,9 @@ class Optimizer:
 
     name = "base"
 
-    def __init__(self, problem: Problem, config: OptimizerConfig) -> None:
+    def __init__(self, problem: Problem, config: OptimizerConfig, seeds: Sequence[Sequence[float]] = ()) -> None:
         config.validate(self.name)
+        self.seeds = [list(genome) for genome in seeds][: config.population]  # first members of generation 0
         self.problem = problem
         self.config = config
         self.encoding = problem.encoding
@@ -126,7 +127,8 @@ class Optimizer:
 
     # --- loop --------------------------------------------------------------------------------
     def initial(self) -> list[Individual]:
-        population = self.random_population(self.config.population)
+        seeded = [self.make(genome) for genome in self.seeds]
+        population = seeded + self.random_population(self.config.population - len(seeded))
         self.evaluate(population, 0)
         return population
 
@@ -249,8 +251,9 @@ def optimizer_config(name: str, **params) -> OptimizerConfig:
     return config
 
 
-def build_optimizer(name: str, problem: Problem, **params) -> Optimizer:
-    return OPTIMIZERS.get(name)(problem, optimizer_config(name, **params))
+def build_optimizer(name: str, problem: Problem, seeds: Sequence[Sequence[float]] = (), **params) -> Optimizer:
+    """`seeds`: genomes placed first in the initial population (the rest is random)."""
+    return OPTIMIZERS.get(name)(problem, optimizer_config(name, **params), seeds)
 
 
 def _random_state_to_json(state: tuple) -> list:

@@ -3,7 +3,7 @@ of every plan evaluated. Optimizers only see genomes and objective tuples."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -25,6 +25,8 @@ class Objective:
     w_params: float = 0.0
     target_macs_reduction: float | None = None
     penalty: float = 2.0
+    repair_to_target: bool = True  # with a target: every genome is repaired onto it (gaprune.target)
+    target_tolerance: float = 0.01  # repair leaves plans in [target, target + tolerance] alone
 
     def __post_init__(self) -> None:
         target = self.target_macs_reduction
@@ -41,7 +43,8 @@ class Objective:
 
 class Problem:
     def __init__(self, encoding: Encoding, fitness: Fitness, cost: CostModel, objective: Objective,
-                 objectives: Sequence[str] = ("proxy", "macs", "params")) -> None:
+                 objectives: Sequence[str] = ("proxy", "macs", "params"),
+                 repair: Callable[[Sequence[float]], list[float]] | None = None) -> None:
         unknown = [name for name in objectives if name not in OBJECTIVE_KEYS]
         if unknown or "proxy" not in objectives:
             raise GapruneError(f"optimizer.objectives={list(objectives)} invalid; use a subset of "
@@ -51,6 +54,7 @@ class Problem:
         self.cost = cost
         self.objective = objective
         self.objectives = list(objectives)
+        self.repair = repair
         self.records: list[dict[str, Any]] = []
         self._cache: dict[tuple, dict[str, Any]] = {}
         self.cache_hits = 0
@@ -71,8 +75,12 @@ class Problem:
     def _key(plan: Plan) -> tuple:
         return plan.signature()
 
-    def evaluate(self, genomes: Sequence[Sequence[float]], generation: int) -> list[dict[str, Any]]:
-        """Records for each genome; identical plans are evaluated once."""
+    def evaluate(self, genomes: Sequence[list[float]], generation: int) -> list[dict[str, Any]]:
+        """Records for each genome; identical plans are evaluated once. With `repair`, each genome
+        is first replaced in place by its repaired form (so the optimizer keeps what was scored)."""
+        if self.repair is not None:
+            for genome in genomes:
+                genome[:] = self.repair(genome)
         plans = [self.encoding.decode(g) for g in genomes]
         fresh: dict[tuple, int] = {}
         for index, plan in enumerate(plans):
