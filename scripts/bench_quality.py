@@ -442,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     baselines = {}
     try:
         for model in models:
+            if args.report and not baseline_path(args, model).is_file():
+                continue  # reporting never trains
             baselines[model] = ensure_baseline(args, model)
         if not args.report and args.fidelity != "only":
             for model in models:
