@@ -83,3 +83,36 @@ def _register(name: str) -> None:
 
 for _name in CFGS:
     _register(_name)
+
+
+# --- seed VGG for GGPA grow-and-prune (trainer=grow_prune) -------------------------------------
+SEED_LAYERS: list[int | str] = [8, 8, "M", 16, 16, "M", 32, 32, 32, 32, "M", 64, 64, 64, 64, "M", 64, 64, 64, 64]
+
+
+def check_layers(layers) -> list[int | str]:
+    """A VGG stage/channel list: positive ints (conv widths) and "M" (2x2 max pool), >= 1 conv."""
+    out: list[int | str] = []
+    for item in list(layers):
+        if item == "M":
+            out.append("M")
+        elif isinstance(item, int) and not isinstance(item, bool) and item >= 1:
+            out.append(int(item))
+        else:
+            raise GapruneError(f"VGG layers entry {item!r} must be a positive channel count or 'M' (max pool)")
+    if not any(item != "M" for item in out):
+        raise GapruneError("VGG layers must hold at least one conv width, e.g. [8, 8, M, 16, 16]")
+    return out
+
+
+@MODELS.register("vgg_seed")
+def build_vgg_seed(num_classes: int, in_channels: int, image_size: int, layers=None, gamma_init: float = 0.5,
+                   head: str = "linear", dropout: float = 0.5, width: float = 1.0) -> nn.Module:
+    """VGG-BN from a stage/channel list (`layers`, default the GGPA depth-20 seed
+    8,8,M,16,16,M,32x4,M,64x4,M,64x4); conv without bias, every BN gamma starts at `gamma_init`."""
+    if not 0.0 < gamma_init <= 10.0:
+        raise GapruneError(f"vgg_seed gamma_init={gamma_init} must be in (0, 10]")
+    model = VGG(check_layers(SEED_LAYERS if layers is None else layers), num_classes, in_channels, image_size,
+                head=head, dropout=dropout, width=width)
+    for bn in model.bns:
+        nn.init.constant_(bn.weight, gamma_init)
+    return model

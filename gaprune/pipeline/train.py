@@ -16,6 +16,10 @@ from gaprune.utils.io import write_csv, write_json
 
 def run_train(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
     """Train the baseline described by cfg and save it at cfg.baseline."""
+    if cfg.trainer.get("schedule") == "grow_prune":  # GGPA grow-and-prune: gaprune/pipeline/grow_prune.py
+        from gaprune.pipeline.grow_prune import run_grow_prune
+
+        return run_grow_prune(cfg, directory)
     run = open_run(cfg, directory=directory)
     directory, device, bundle, spec = run.directory, run.device, run.bundle, model_spec(cfg)
     model = run.build_untrained().to(device)

@@ -82,3 +82,26 @@ def plot_layerwise(layers: Sequence[dict[str, Any]], rows: Sequence[dict[str, An
     right.set_title("GA progress per layer")
     fig.subplots_adjust(wspace=0.45)
     _save(fig, path)
+
+
+def plot_grow_prune(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Grow-and-prune run: width of every conv per epoch (left), params / MACs (middle), val acc (right).
+    `rows`: epoch 0 (the seed) then one row per epoch with widths, params, macs, val_acc, phase."""
+    epochs = [r["epoch"] for r in rows]
+    widths = np.array([r["widths"] for r in rows])
+    fig, (left, mid, right) = plt.subplots(1, 3, figsize=(15, 4))
+    for i in range(widths.shape[1]):
+        left.plot(epochs, widths[:, i], label=f"conv{i}", lw=1.2)
+    left.set_xlabel("epoch"), left.set_ylabel("channels"), left.set_title("layer widths"), left.grid(alpha=0.3)
+    left.legend(fontsize=6, ncol=2)
+    mid.plot(epochs, [r["params"] / 1e6 for r in rows], label="params (M)")
+    mid.plot(epochs, [r["macs"] / 1e6 for r in rows], label="MACs (M)")
+    mid.set_xlabel("epoch"), mid.set_yscale("log"), mid.set_title("cost"), mid.legend(), mid.grid(alpha=0.3)
+    scored = [r for r in rows if "val_acc" in r]
+    right.plot([r["epoch"] for r in scored], [r["val_acc"] for r in scored], "o-", ms=3)
+    right.set_xlabel("epoch"), right.set_ylabel("val acc"), right.set_title("accuracy"), right.grid(alpha=0.3)
+    for ax in (left, mid, right):
+        for r in rows:
+            if r.get("phase") == "score" and r.get("pruned_channels") is not None:
+                ax.axvline(r["epoch"], color="k", ls="--", alpha=0.4)
+    _save(fig, path)
