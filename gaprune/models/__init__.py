@@ -60,15 +60,25 @@ def _build_torchvision(name: str, fn: str, num_classes: int, in_channels: int,
             f"e.g. {', '.join(n for n in classifiers if n.startswith(('resnet', 'vgg')))}"
         )
     builder = tvm.get_model_builder(fn)
-    if in_channels != 3:
-        raise GapruneError(
-            f"model '{name}' expects 3 input channels but the dataset has {in_channels}; "
-            "use one of our own models (e.g. lenet5) for grayscale data"
-        )
     try:
-        return builder(num_classes=num_classes, weights=None, **kwargs)
+        model = builder(num_classes=num_classes, weights=None, **kwargs)
     except TypeError as err:
         raise GapruneError(f"model '{name}' rejected its options {sorted(kwargs)}: {err}") from None
+    if in_channels != 3:
+        _adapt_first_conv(model, name, in_channels)
+    return model
+
+
+def _adapt_first_conv(model: nn.Module, name: str, in_channels: int) -> None:
+    """Grayscale (or any channel count) data: the first conv reads `in_channels` planes."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3 and child.groups == 1:
+                conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                 child.dilation, 1, child.bias is not None, child.padding_mode)
+                setattr(parent, child_name, conv)
+                return
+    raise GapruneError(f"model '{name}' has no 3-channel input conv to adapt to {in_channels} input channels")
 
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int,

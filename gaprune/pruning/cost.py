@@ -2,13 +2,17 @@
 
 Counting a candidate by physically pruning a copy costs ~0.1-1 s; the analytic count is a few
 microseconds, so whole searches can be costed. It mirrors `tp.utils.count_ops_and_params` for
-the layers a plan changes (conv, linear, BN) and keeps every other layer's count as is.
-`verify` compares it with the physically pruned model; when they disagree (an architecture whose
-unchanged-looking layers do change), the model falls back to exact physical counting.
+the layers a plan changes (conv, linear, BN) and keeps every other layer's count as is. Models whose
+counted layers include parameterless modules (torchvision's nn.ReLU / pooling modules, whose
+widths follow concatenations and splits) are counted by `ShapeCounter` instead: torch-pruning's own
+per-layer counters run on a meta-device copy of the model with the plan's sliced shapes (no data,
+no deep copy per plan, ~ms), which is exact by construction. `verify` compares the count with the
+physically pruned model at search start; on a mismatch it falls back to physical counting.
 `SparseCostModel` is the effective cost of a weight-masked plan (a zero weight costs nothing).
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -20,7 +24,63 @@ import torch.nn as nn
 
 from gaprune.pruning.physical import count_macs_params, prune_model
 from gaprune.pruning.plan import Plan, SparsePlan
+from gaprune.pruning.slicing import patched, sliced_state
 from gaprune.pruning.units import PrunableUnit
+
+
+class ShapeCounter:
+    """torch-pruning's MACs / params count of a pruned model without building it: its per-layer
+    counting hooks run on a meta-device copy of the baseline whose tensors and layer attributes
+    are the plan's sliced ones (`sliced_state`)."""
+
+    def __init__(self, model: nn.Module, units: Sequence[PrunableUnit], example_input: torch.Tensor) -> None:
+        from torch.func import functional_call
+        from torch_pruning.utils import op_counter
+
+        self._call = functional_call
+        self.units = list(units)
+        self.meta = copy.deepcopy(model).to("meta").eval()
+        self.x = example_input[:1].to("meta")
+        self.params = dict(self.meta.named_parameters())
+        self.total_params = sum(p.numel() for p in self.params.values())
+        self.counted = [m for m in self.meta.modules() if type(m) in op_counter.MODULES_MAPPING]
+        for module in self.counted:
+            module.register_forward_hook(op_counter.MODULES_MAPPING[type(module)])
+
+    @torch.no_grad()
+    def cost(self, plan: Plan) -> tuple[int, int]:
+        state = sliced_state(self.meta, self.units, plan)
+        for module in self.counted:
+            module.__flops__ = 0
+        with patched(self.meta, state.attrs):
+            self._call(self.meta, state, (self.x,))
+        macs = sum(int(m.__flops__) for m in self.counted)
+        params = self.total_params + sum(t.numel() - self.params[k].numel() for k, t in state.items() if k in self.params)
+        return int(macs), int(params)
+
+
+def needs_shape_counter(model: nn.Module, units: Sequence[PrunableUnit]) -> bool:
+    """Whether the closed form cannot be exact: torch-pruning counts layers other than conv /
+    linear / BN whose widths a plan may change (activation / pooling modules, layer norms,
+    unwrapped parameters, layers fed by part of a unit such as a concatenation)."""
+    from torch_pruning.utils import op_counter
+
+    closed = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
+    if any(type(m) in op_counter.MODULES_MAPPING and not isinstance(m, closed) for m in model.modules()):
+        return True
+    for unit in units:
+        for s in unit.slices:
+            if s.kind == "param":
+                return True
+            module = model.get_submodule(s.layer)
+            if not isinstance(module, closed) or len(s.idx) % unit.channels or \
+                    not np.array_equal(np.sort(np.unique(s.root)), np.arange(unit.channels)):
+                return True
+            width = module.weight.shape[0 if s.kind == "out" else 1] if not isinstance(module, nn.Conv2d) or \
+                s.kind == "out" or module.groups == 1 else module.in_channels
+            if len(s.idx) != width:  # the unit feeds only part of this layer (concatenation)
+                return True
+    return False
 
 
 @dataclass
@@ -45,7 +105,9 @@ class CostModel:
         self.example_input = example_input[:1].cpu()
         self.base_macs, self.base_params = count_macs_params(model, self.example_input)
         self.channels = np.array([u.channels for u in self.units], dtype=np.int64)
-        self.exact = False
+        self.exact = False  # True: physically pruned counting (slow fallback)
+        self.shapes = ShapeCounter(model, self.units, self.example_input) if needs_shape_counter(model, self.units) else None
+        self.mode = "shapes" if self.shapes is not None else "analytic"
         self._layers = self._trace(model)
         full = self.channels.copy()
         self._full_macs, self._full_params = self._layer_costs(full)
@@ -112,6 +174,8 @@ class CostModel:
         """(MACs, params) of the whole network after `plan`."""
         if self.exact:
             return count_macs_params(prune_model(self.model, self.units, plan, self.example_input), self.example_input)
+        if self.shapes is not None:
+            return self.shapes.cost(plan)
         macs, params = self._layer_costs(self.keep_counts(plan))
         return self.base_macs - self._full_macs + macs, self.base_params - self._full_params + params
 
@@ -126,6 +190,7 @@ class CostModel:
                     "using exact (slower) physical counting"
                 )
                 self.exact = True
+                self.mode = "physical"
                 return False
         return True
 

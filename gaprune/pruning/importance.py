@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gaprune.pruning.units import PrunableUnit, feature_modules
+from gaprune.pruning.units import PrunableUnit, channel_dim, feature_modules, feature_slices
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.io import atomic_torch_save, read_torch_file
 from gaprune.utils.registry import Registry
@@ -32,6 +32,23 @@ def _normalise(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def _as_maps(slices) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    return [(s.layer, torch.as_tensor(s.idx), torch.as_tensor(s.root)) for s in slices]
+
+
+def _out_maps(unit: PrunableUnit) -> list[tuple[str, torch.Tensor | None, torch.Tensor | None]]:
+    """(layer, positions, unit channels) of every output slice; hand-made units: whole layers."""
+    if unit.slices:
+        return _as_maps([s for s in unit.slices if s.kind == "out"])
+    return [(name, None, None) for name in unit.out_modules]
+
+
+def _feature_maps(model: nn.Module, unit: PrunableUnit) -> list[tuple[str, torch.Tensor | None, torch.Tensor | None]]:
+    if unit.slices:
+        return _as_maps(feature_slices(model, unit))
+    return [(name, None, None) for name in feature_modules(model, unit)]
+
+
 @IMPORTANCES.register("taylor")
 def taylor_importance(model: nn.Module, units: Sequence[PrunableUnit], batches: Iterable, **_) -> dict[str, np.ndarray]:
     """|sum over batches of activation x gradient| per channel, model in eval mode (BN stats untouched)."""
@@ -39,11 +56,16 @@ def taylor_importance(model: nn.Module, units: Sequence[PrunableUnit], batches: 
     sums = {u.name: torch.zeros(u.channels, dtype=torch.float64) for u in units}
     handles = []
     for unit in units:
-        for name in feature_modules(model, unit):
-            def hook(_m, _i, output, unit_name=unit.name):
+        for name, idx, root in _feature_maps(model, unit):
+            def hook(module, _i, output, unit_name=unit.name, idx=idx, root=root):
                 def grad_hook(grad, activation=output.detach()):
-                    dims = [0] + list(range(2, grad.dim()))
-                    sums[unit_name] += (activation * grad).sum(dim=dims).double().cpu()
+                    dim = channel_dim(module, grad)
+                    dims = [d for d in range(grad.dim()) if d != dim]
+                    per_channel = (activation * grad).sum(dim=dims).double().cpu()
+                    if idx is None:
+                        sums[unit_name] += per_channel
+                    else:
+                        sums[unit_name].index_add_(0, root, per_channel[idx])
 
                 output.register_hook(grad_hook)
 
@@ -68,11 +90,15 @@ def l1_importance(model: nn.Module, units: Sequence[PrunableUnit], **_) -> dict[
     """Filter L1 norm, summed over the unit's conv/linear layers."""
     scores = {}
     for unit in units:
-        total = torch.zeros(unit.channels)
-        for name in unit.out_modules:
+        total = torch.zeros(unit.channels, dtype=torch.float64)
+        for name, idx, root in _out_maps(unit):
             module = model.get_submodule(name)
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                total += module.weight.detach().abs().flatten(1).sum(1).cpu()
+                norms = module.weight.detach().abs().flatten(1).sum(1).double().cpu()
+                if idx is None:
+                    total += norms
+                else:
+                    total.index_add_(0, root, norms[idx])
         scores[unit.name] = total.numpy()
     return scores
 
@@ -82,10 +108,20 @@ def bn_scale_importance(model: nn.Module, units: Sequence[PrunableUnit], **_) ->
     """|gamma| of the unit's BatchNorm layers (network slimming)."""
     scores = {}
     for unit in units:
-        bns = [model.get_submodule(n) for n in unit.out_modules if isinstance(model.get_submodule(n), nn.modules.batchnorm._BatchNorm)]
-        if not bns:
+        total = torch.zeros(unit.channels, dtype=torch.float64)
+        found = False
+        for name, idx, root in _out_maps(unit):
+            module = model.get_submodule(name)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+                found = True
+                gamma = module.weight.detach().abs().double().cpu()
+                if idx is None:
+                    total += gamma
+                else:
+                    total.index_add_(0, root, gamma[idx])
+        if not found:
             raise GapruneError(f"importance=bn_scale needs BatchNorm layers but unit '{unit.name}' has none; use taylor or l1")
-        scores[unit.name] = sum(bn.weight.detach().abs().cpu() for bn in bns).numpy()
+        scores[unit.name] = total.numpy()
     return scores
 
 

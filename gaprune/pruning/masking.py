@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from gaprune.pruning.plan import Plan
-from gaprune.pruning.units import PrunableUnit
+from gaprune.pruning.units import PrunableUnit, channel_dim
 from gaprune.utils.errors import GapruneError
 
 
@@ -64,31 +64,60 @@ def apply_masks_permanently(model: nn.Module, masks: dict[str, torch.Tensor]) ->
             weight.mul_(mask.to(weight.device, weight.dtype))
 
 
+def masks_exact(model: nn.Module, units: Sequence[PrunableUnit]) -> bool:
+    """Whether zeroing pruned channels equals pruning them (no LayerNorm over pruned channels)."""
+    return not any(isinstance(model.get_submodule(s.layer), nn.LayerNorm)
+                   for unit in units for s in unit.slices if s.kind != "param")
+
+
 class ChannelMasker:
     """Zeroes pruned channels with forward hooks, one mask per population member.
 
-    Masking every out-layer of a unit (conv and BN outputs) makes the forward pass equal to the
-    physically pruned model's, so a population can be scored on one shared model. The input batch
-    is the population's batches stacked: shape (P*B, ...), masks (P, C).
+    Masking every out-layer of a unit (conv, linear and norm outputs, at the positions
+    torch-pruning's group maps to each unit channel: concatenation offsets included) makes the
+    forward pass equal to the physically pruned model's, so a population can be scored on one
+    shared model. Not exact where a LayerNorm normalises over pruned channels (`exact` is False:
+    its statistics would include the zeros). The input batch is the population's batches
+    stacked: shape (P*B, ...), masks (P, C).
     """
 
     def __init__(self, model: nn.Module, units: Sequence[PrunableUnit]) -> None:
         self.units = list(units)
         self.masks: dict[str, torch.Tensor] | None = None
         self._handles = []
+        self.exact = True
         for unit in self.units:
-            for name in unit.out_modules:
-                self._handles.append(model.get_submodule(name).register_forward_hook(self._hook(unit.name)))
+            if not unit.slices:  # hand-made unit: every position of its out layers
+                for name in unit.out_modules:
+                    self._handles.append(model.get_submodule(name).register_forward_hook(self._hook(unit.name)))
+                continue
+            for s in unit.slices:
+                if s.kind == "param":
+                    continue
+                module = model.get_submodule(s.layer)
+                if isinstance(module, nn.LayerNorm):
+                    self.exact = False
+                if s.kind != "out":
+                    continue
+                self._handles.append(module.register_forward_hook(
+                    self._hook(unit.name, torch.as_tensor(s.idx), torch.as_tensor(s.root), module)))
 
-    def _hook(self, unit_name: str) -> Callable:
+    def _hook(self, unit_name: str, idx: torch.Tensor | None = None, root: torch.Tensor | None = None,
+              module: nn.Module | None = None) -> Callable:
         def apply(_module, _inputs, output: torch.Tensor) -> torch.Tensor | None:
             if self.masks is None:
                 return None
             mask = self.masks[unit_name]
             population = mask.shape[0]
+            dim = channel_dim(_module, output)
+            if idx is not None:
+                full = torch.ones(population, output.shape[dim], device=output.device, dtype=output.dtype)
+                full[:, idx.to(output.device)] = mask[:, root.to(mask.device)].to(output.dtype)
+                mask = full
             shaped = output.reshape(population, output.shape[0] // population, *output.shape[1:])
-            view = mask.reshape(population, 1, mask.shape[1], *([1] * (output.dim() - 2)))
-            return (shaped * view).reshape(output.shape)
+            view_shape = [population] + [1] * output.dim()
+            view_shape[dim + 1] = mask.shape[1]
+            return (shaped * mask.reshape(view_shape)).reshape(output.shape)
 
         return apply
 

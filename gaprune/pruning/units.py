@@ -1,14 +1,22 @@
 """Prunable units from torch-pruning's dependency graph: one unit per coupled channel group.
 
-A unit is what a gene controls: a VGG conv, a ResNet block's inner conv, or a whole residual
-stage (stem + every block output + shortcut convs are coupled by the additions). The same unit
-definitions drive channel masks (`masking`), sliced tensors (`slicing`), analytic costs (`cost`)
-and physical pruning (`physical`). This module only discovers them.
+A unit is what a gene controls: a VGG conv, a ResNet block's inner conv, a whole residual
+stage (stem + every block output + shortcut convs are coupled by the additions), a DenseNet
+layer's output (with every later BatchNorm / conv that reads it through a concatenation).
+Everything a unit touches comes from torch-pruning's group itself: each `LayerSlice` is one
+dimension of one layer (or unwrapped parameter) with the positions it prunes there and the unit
+channel each position follows (`dep.handler` + `idxs` / `root_idxs`, so concatenation offsets,
+splits, flatten repeats and depthwise convs are torch-pruning's own). The same slices drive
+channel masks (`masking`), sliced tensors (`slicing`), costs (`cost`) and importance.
+Groups torch-pruning cannot prune consistently (grouped non-depthwise convs, attention, layers
+we cannot slice) are not genes; discovery says so in one warning line.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -16,20 +24,49 @@ import torch_pruning as tp
 from gaprune.models import output_layer
 from gaprune.utils.errors import GapruneError
 
-_MEASURED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+_SLICEABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
+
+
+@dataclass
+class LayerSlice:
+    """One dimension of one layer that a unit prunes: positions `idx` follow unit channels `root`."""
+
+    layer: str  # module name, or parameter name for kind == "param"
+    kind: str  # out | in | param
+    idx: np.ndarray
+    root: np.ndarray
+    dim: int = 0  # pruned dimension of a parameter (kind == "param")
 
 
 @dataclass
 class PrunableUnit:
     name: str  # qualified name of the root module (first out-channel layer of the group)
     channels: int
-    out_modules: list[str]  # layers whose output channels belong to this unit (conv, linear, BN)
-    in_modules: dict[str, int] = field(default_factory=dict)  # layer -> input repeat (flatten)
+    out_modules: list[str]  # layers whose output channels belong to this unit (conv, linear, norm)
+    in_modules: dict[str, int] = field(default_factory=dict)  # layer -> input positions per unit channel
+    slices: list[LayerSlice] = field(default_factory=list)
 
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
-    with torch.enable_grad():  # tracing needs autograd, even when called under no_grad
+    with torch.enable_grad(), warnings.catch_warnings():  # tracing needs autograd, even under no_grad
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+
+
+def _unsupported(module: nn.Module) -> str | None:
+    """Why a layer in a group cannot be sliced/pruned consistently by a gene (None: it can)."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups > 1 and not (module.groups == module.in_channels == module.out_channels):
+            return f"grouped conv (groups={module.groups})"
+        return None
+    if isinstance(module, nn.LayerNorm):
+        return None if len(module.normalized_shape) == 1 else "multi-dim LayerNorm"
+    if isinstance(module, _SLICEABLE):
+        return None
+    if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+        return type(module).__name__
+    return None  # parameterless (activation, pooling, dropout): shapes follow their input
 
 
 def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear: bool = False) -> list[PrunableUnit]:
@@ -37,39 +74,94 @@ def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear
     model.eval()
     names = {module: name for name, module in model.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
+    params = {id(p): name for name, p in model.named_parameters()}
     graph = build_dependency_graph(model, example_input)
+    unwrapped = {id(u.parameters): int(u.pruning_dim) for u in getattr(graph, "unwrapped_parameters", None) or []}
     root_types = [nn.Conv2d, nn.Linear] if include_linear else [nn.Conv2d]
     units: list[PrunableUnit] = []
+    skipped: list[str] = []
     for group in graph.get_all_groups(ignored_layers=[output_layer(model)], root_module_types=root_types):
-        outs: list[str] = []
-        ins: dict[str, int] = {}
-        for dep, idxs in group:
-            module = dep.target.module
-            if not isinstance(module, _MEASURED) or module not in names:
-                continue
-            handler = getattr(dep.handler, "__name__", "")
-            if handler == "prune_out_channels" and names[module] not in outs:
-                outs.append(names[module])
-            elif handler == "prune_in_channels":
-                width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
-                ins[names[module]] = width
-        roots = sorted((n for n in outs if isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))), key=order.get)
-        if not roots:
+        root = group.items[0].dep.target.module
+        if root not in names:
             continue
-        root = model.get_submodule(roots[0])
+        if isinstance(root, nn.Conv2d) and root.groups > 1 and _unsupported(root) is None:
+            continue  # a depthwise conv follows its producer's unit
+        found: dict[tuple[str, str], dict[int, int]] = {}
+        dims: dict[str, int] = {}
+        reason = None
+        for item in group.items:
+            dep, module = item.dep, item.dep.target.module
+            handler = getattr(dep.handler, "__name__", "")
+            if isinstance(module, nn.Parameter):
+                if id(module) not in params:
+                    continue
+                name, kind = params[id(module)], "param"
+                dims[name] = unwrapped.get(id(module), 0)
+            elif isinstance(module, nn.Module) and module in names:
+                why = _unsupported(module)
+                if why is not None:
+                    reason = f"{names[module]}: {why}"
+                    break
+                if not isinstance(module, _SLICEABLE):
+                    continue
+                if handler == "prune_out_channels":
+                    kind = "out"
+                elif handler == "prune_in_channels":
+                    kind = "in"
+                else:
+                    continue
+                name = names[module]
+            else:
+                continue  # torch-pruning's own ops (concat, split, reshape, element-wise)
+            pairs = found.setdefault((name, kind), {})
+            for idx, rid in zip(item.idxs, item.root_idxs):
+                pairs[int(idx)] = int(rid)
+        roots = sorted((n for (n, k) in found if k == "out" and n in order
+                        and isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))), key=order.get)
+        label = roots[0] if roots else names[root]
+        if reason is not None:
+            skipped.append(f"{label} ({reason})")
+            continue
         channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
-        if isinstance(root, nn.Conv2d) and root.groups > 1:
-            continue  # depthwise layers follow their producer's unit
-        ins = {name: max(1, width // channels) for name, width in ins.items()}
-        units.append(PrunableUnit(roots[0], channels, sorted(outs, key=order.get), dict(sorted(ins.items(), key=lambda kv: order[kv[0]]))))
+        slices = []
+        for (name, kind), pairs in sorted(found.items(), key=lambda kv: (order.get(kv[0][0], order.get(kv[0][0].rsplit(".", 1)[0], -1)), kv[0])):
+            idx = np.array(sorted(pairs), dtype=np.int64)
+            slices.append(LayerSlice(name, kind, idx, np.array([pairs[i] for i in idx], dtype=np.int64), dims.get(name, 0)))
+        outs = [s.layer for s in slices if s.kind == "out"]
+        ins = {s.layer: max(1, len(s.idx) // channels) for s in slices if s.kind == "in"}
+        outs.sort(key=order.get)
+        units.append(PrunableUnit(label, channels, outs, dict(sorted(ins.items(), key=lambda kv: order[kv[0]])), slices))
     units.sort(key=lambda u: order[u.name])
+    if skipped:
+        warnings.warn(f"{len(skipped)} channel group(s) are not genes (torch-pruning cannot prune them "
+                      f"consistently): {'; '.join(skipped)}", stacklevel=2)
     if not units:
-        raise GapruneError("the model has no prunable channel groups (no conv layers outside the classifier)")
+        detail = f"; not prunable: {'; '.join(skipped)}" if skipped else " (no conv layers outside the classifier)"
+        raise GapruneError(f"the model {type(model).__name__} has no prunable channel groups{detail}")
     return units
+
+
+def channel_dim(module: nn.Module, output: torch.Tensor) -> int:
+    """Where the channels are in a layer's output: last for Linear / LayerNorm (channels-last), else 1."""
+    if output.dim() <= 2:
+        return output.dim() - 1
+    return output.dim() - 1 if type(module) in (nn.Linear, nn.LayerNorm) else 1
+
+
+def feature_slices(model: nn.Module, unit: PrunableUnit) -> list[LayerSlice]:
+    """The output slices whose activations are the unit's feature maps (norm outputs if present,
+    plus linears, else every conv / linear output)."""
+    outs = [s for s in unit.slices if s.kind == "out"]
+    norms = [s for s in outs if isinstance(model.get_submodule(s.layer), _NORMS + (nn.LayerNorm,))]
+    if norms:
+        return norms + [s for s in outs if isinstance(model.get_submodule(s.layer), nn.Linear)]
+    return outs
 
 
 def feature_modules(model: nn.Module, unit: PrunableUnit) -> list[str]:
     """The layers whose outputs are the unit's feature maps (BN outputs if present, else conv/linear)."""
+    if unit.slices:
+        return [s.layer for s in feature_slices(model, unit)]
     bns = [n for n in unit.out_modules if isinstance(model.get_submodule(n), (nn.BatchNorm2d, nn.BatchNorm1d))]
     if bns:
         return bns + [n for n in unit.out_modules if isinstance(model.get_submodule(n), nn.Linear)]

@@ -23,10 +23,10 @@ from torch.func import functional_call
 
 from gaprune.data.loaders import capped
 from gaprune.engine.training import TrainConfig, evaluate, train
-from gaprune.pruning.masking import ChannelMasker, apply_masks_permanently, masked_weights
+from gaprune.pruning.masking import ChannelMasker, apply_masks_permanently, masked_weights, masks_exact
 from gaprune.pruning.physical import prune_model
 from gaprune.pruning.plan import Plan, SparsePlan
-from gaprune.pruning.slicing import sliced_state
+from gaprune.pruning.slicing import sliced_forward, sliced_state
 from gaprune.pruning.units import PrunableUnit
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.registry import Registry
@@ -121,7 +121,7 @@ def sliced_with_fresh_bn(model: nn.Module, state: dict[str, torch.Tensor],
     every BN layer's running statistics replaced by fresh tensors re-estimated on `batches`
     (cumulative average, BN layers in train mode, the rest in eval). Equal to `adapted_bn` on the
     channel-masked model for the kept channels; the baseline's own buffers are never written."""
-    state = dict(state)
+    state = state.copy()  # keeps a SlicedState's pruned layer attributes
     bns = {name: m for name, m in model.named_modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
     for name, bn in bns.items():
@@ -137,7 +137,7 @@ def sliced_with_fresh_bn(model: nn.Module, state: dict[str, torch.Tensor],
             bn.momentum = None  # cumulative moving average over the batches
             bn.train()
         for x, _ in batches:
-            functional_call(model, state, (x,))  # BN updates the fresh running tensors in place
+            sliced_forward(model, state, x)  # BN updates the fresh running tensors in place
     finally:
         for name, bn in bns.items():
             bn.momentum = momenta[name]
@@ -158,6 +158,8 @@ class MaskedForwardFitness(Fitness):
             raise GapruneError(f"fitness.params.execution={execution!r} is not one of {', '.join(EXECUTIONS)}")
         if execution == "auto":  # CPU is compute-bound: run the smaller pruned net; GPUs like big stacked batches
             execution = "sliced" if torch.device(context.device).type == "cpu" else "masked"
+        if execution == "masked" and not masks_exact(context.model, context.units):
+            execution = "sliced"  # LayerNorm over pruned channels: masks are not the pruned net
         self.execution = execution
         self.chunk = max(1, int(chunk))
         self._masker: ChannelMasker | None = None
@@ -171,7 +173,7 @@ class MaskedForwardFitness(Fitness):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The baseline with the current plans applied (sliced tensors or channel masks)."""
         if self._sliced is not None:
-            return functional_call(self.context.model, self._sliced, (x,))
+            return sliced_forward(self.context.model, self._sliced, x)
         return self.context.model(x)
 
     def groups(self, plans: Sequence[AnyPlan]) -> list[list[int]]:
