@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from gaprune.utils.errors import exit_on_user_error
+from gaprune.utils.errors import exit_on_user_error, hydra_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -14,4 +14,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_entry(main)

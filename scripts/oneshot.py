@@ -6,7 +6,7 @@ python scripts/oneshot.py oneshot=lamp target_sparsity=0.9 model=vgg16 dataset=c
 import hydra
 from omegaconf import DictConfig
 
-from gaprune.utils.errors import exit_on_user_error
+from gaprune.utils.errors import exit_on_user_error, hydra_entry
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="oneshot")
@@ -18,4 +18,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_entry(main)

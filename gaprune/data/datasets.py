@@ -200,7 +200,15 @@ def _load_mnist(data_dir: str, download: bool) -> _Raw:
     for train in (True, False):
         try:
             ds = MNIST(data_dir, train=train, download=download)
-        except (RuntimeError, OSError) as err:
+        except (RuntimeError, OSError, ValueError, IndexError) as err:
+            raw = Path(data_dir) / "MNIST" / "raw"
+            files = [raw / os.path.splitext(os.path.basename(url))[0] for url, _ in MNIST.resources]
+            present = [f for f in files if f.is_file()]
+            if len(present) == len(files):  # every file is there, so one is cut short or damaged
+                raise GapruneError(
+                    f"mnist files under '{raw}' are corrupt ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else '?'}); "
+                    f"delete them and rebuild with: python {_shared_prepare_script()} mnist --root {data_dir}"
+                ) from None
             raise _not_found("mnist", data_dir, download, err) from None
         x = F.pad(ds.data.unsqueeze(1), (2, 2, 2, 2)).contiguous()
         splits.append(TensorSplit(x, ds.targets.to(torch.int64)))

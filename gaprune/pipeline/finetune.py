@@ -4,6 +4,7 @@ masks), fine-tune with KD from the unpruned baseline, and tabulate the results
 pipeline that fine-tunes (finetune.py, search.py's then_finetune, one-shot, layer-wise)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,11 +13,11 @@ from omegaconf import DictConfig
 
 from gaprune.engine.checkpoint import example_input, load_model
 from gaprune.engine.finetune import FinetuneJob
-from gaprune.pipeline.setup import check_dataset, loader, make_logger, open_run, train_config, train_loader
+from gaprune.pipeline.setup import check_dataset, loader, make_logger, open_run, plain, train_config, train_loader
 from gaprune.pruning.plan import plan_from_json
 from gaprune.pruning.units import PrunableUnit, discover_units
 from gaprune.search.picks import PICKS, pick_plans
-from gaprune.utils.errors import GapruneError
+from gaprune.utils.errors import GapruneError, Interrupted
 from gaprune.utils.io import read_json
 
 RESUMABLE = ("results.json", "state-*.pt")  # a finetune run dir: finished rows, or a plan's per-epoch state
@@ -70,19 +71,52 @@ def resolve_search_dir(value: Any, output_root: Path) -> Path:
     return path
 
 
+def check_search_dir(cfg: DictConfig, search_dir: Path, summary: dict[str, Any]) -> None:
+    """finetune.py's model= / model.params / dataset= must be the search run's (one line otherwise)."""
+    searched, data = summary.get("model") or {}, summary.get("data") or {}
+    fix = f"drop it or pass the search's own (model={searched.get('name')} dataset={data.get('name')})"
+    if searched.get("name") not in (None, cfg.model.name):
+        raise GapruneError(f"search_dir '{search_dir}' searched model={searched['name']}, not model={cfg.model.name}; {fix}")
+    if data.get("name") not in (None, cfg.dataset.name):
+        raise GapruneError(f"search_dir '{search_dir}' searched dataset={data['name']}, not dataset={cfg.dataset.name}; {fix}")
+    kwargs, ours = searched.get("kwargs"), plain(cfg.model.params) or {}
+    if isinstance(kwargs, dict):
+        for key in sorted(set(kwargs) | set(ours)):
+            if kwargs.get(key) != ours.get(key):
+                raise GapruneError(f"search_dir '{search_dir}' searched model.params.{key}={kwargs.get(key)!r}, not "
+                                   f"model.params.{key}={ours.get(key)!r}; pass model.params.{key}={kwargs.get(key)!r}")
+
+
 def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Path | None = None) -> list[dict[str, Any]]:
     """Fine-tune the `pick` of a search run; `directory` given (then_finetune) or from resume=."""
     search_dir = resolve_search_dir(search_dir or cfg.get("search_dir"), Path(cfg.paths.output_root))
     summary = read_json(search_dir / "search_summary.json")
+    check_search_dir(cfg, search_dir, summary)
     run = open_run(cfg, () if directory is not None else RESUMABLE, "finetune", directory=directory, data=False)
     teacher, meta, _ = load_model(summary["baseline"])
     check_dataset(meta, cfg, summary["baseline"], f"the search used it: pass dataset={meta['data']['name']}")
     job = open_job(cfg, run.directory, teacher, meta, run.load_data(), run.device, "finetune", cfg.pick,
                    header={"search_dir": str(search_dir.resolve())})
-    for record in chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction):
-        if job.done(record["id"]):
-            continue  # finished before an interruption
-        job.run(plan_from_json(record["plan"]), record["id"], search_proxy=record["proxy"],
-                predicted_macs=record["macs"])
+    resume_dir = run.directory if directory is None else search_dir  # then_finetune: resume the search run
+    with stopped_cleanly(run.directory, resume_dir):
+        for record in chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction):
+            if job.done(record["id"]):
+                continue  # finished before an interruption
+            job.run(plan_from_json(record["plan"]), record["id"], search_proxy=record["proxy"],
+                    predicted_macs=record["macs"])
     job.close()
     return job.rows
+
+
+@contextmanager
+def stopped_cleanly(directory: Path, resume_dir: Path):
+    """Ctrl-C inside a fine-tune: one line naming the last saved epoch and the resume command."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from gaprune.pipeline.train import epochs_done
+
+        states = sorted(Path(directory).glob("state-*.pt"), key=lambda p: p.stat().st_mtime)
+        where = (f"after epoch {epochs_done(states[-1])} of fine-tuning {states[-1].stem[len('state-'):]}"
+                 if states else "during the fine-tune")
+        raise Interrupted(f"interrupted {where}; resume with resume={resume_dir}") from None

@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from gaprune.oneshot import OneshotContext, Pruner, build_pruner
-from gaprune.pipeline.finetune import open_job
+from gaprune.pipeline.finetune import open_job, stopped_cleanly
 from gaprune.pipeline.setup import open_run, plain
 from gaprune.pruning.cost import CostModel
 from gaprune.pruning.plan import Plan, plan_from_json
@@ -72,6 +72,7 @@ def run_oneshot(cfg: DictConfig) -> dict[str, Any]:
         print(f"{name} [{label}]: sparsity {plan.sparsity():.2%} (target {pruner.target:.2%}), "
               f"layer densities {', '.join(f'{d:.3f}' for d in plan.densities())}")
     if not job.done(label):
-        job.run(plan, label, predicted_macs=predicted, start_weights=weights)
+        with stopped_cleanly(directory, directory):
+            job.run(plan, label, predicted_macs=predicted, start_weights=weights)
     job.close()
     return {"run_dir": str(Path(directory).resolve()), "oneshot": name, "rows": job.rows}

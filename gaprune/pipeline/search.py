@@ -29,7 +29,7 @@ from gaprune.search.optimizers import build_optimizer, optimizer_config
 from gaprune.search.picks import PICKS, knee, pareto_front, pick_plans
 from gaprune.search.problem import Objective, Problem
 from gaprune.search.target import TargetRepair, target_seeds
-from gaprune.utils.errors import GapruneError
+from gaprune.utils.errors import GapruneError, Interrupted
 from gaprune.utils.io import read_json, write_csv, write_json
 from gaprune.utils.plots import plot_fitness, plot_keep_ratios, plot_pareto
 from gaprune.utils.registry import Registry
@@ -109,8 +109,19 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
         bar.update(1)
         bar.set_postfix(best=f"{row['best_score']:.4f}", evals=row["evaluations"])
 
+    if optimizer.config.generations == 0:
+        print("optimizer.params.generations=0: only the initial population is evaluated")
     if state is None or state["generation"] < optimizer.config.generations:
-        optimizer.run(on_generation, state)
+        try:
+            optimizer.run(on_generation, state)
+        except KeyboardInterrupt:
+            bar.close()
+            logger.finish()
+            if not generations:
+                raise Interrupted("interrupted before the first generation finished; nothing to resume, "
+                                  "start the search again") from None
+            raise Interrupted(f"interrupted after generation {generations[-1]['generation']}; resume with "
+                              f"resume={directory}") from None
     bar.close()
 
     summary = finish_search(cfg, directory, problem, encoding, units, generations, baseline_path, meta)

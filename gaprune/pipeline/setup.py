@@ -7,6 +7,10 @@ plain values. `resolve_resume` is the one resume resolver (`resume=false|true|<r
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -69,9 +73,169 @@ def model_spec(cfg: DictConfig) -> dict[str, Any]:
     return {"name": cfg.model.name, "include_linear": bool(cfg.model.include_linear), "kwargs": plain(cfg.model.params) or {}}
 
 
+def split_seed(cfg: DictConfig) -> int:
+    """dataset.split_seed (seeds the train subset and the validation hold-out); null: the run seed."""
+    value = cfg.dataset.get("split_seed")
+    return int(cfg.seed if value is None else value)
+
+
 def load_bundle(cfg: DictConfig) -> DataBundle:
     data = cfg.dataset
-    return load_dataset(data.name, seed=int(data.get("split_seed", cfg.seed)), **plain(data.params))
+    return load_dataset(data.name, seed=split_seed(cfg), **plain(data.params))
+
+
+# --- the baseline: its key, its path, its recorded training config ---------------------------------
+DATA_KEYS_IGNORED = ("download", "test_limit")  # do not change what the baseline is trained on
+FOLDER_DATASETS = ("imagefolder",)  # datasets whose identity is their folder (others: their name)
+TRAINER_KEYS_IGNORED = ("eval_batch_size",)
+NOT_COMPARED = ("seed",)  # recorded, but a search / fine-tune may use any run seed with a baseline
+
+
+def _number(value: Any) -> Any:
+    """1 and 1.0 are the same recipe (an override may spell either)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return float(value)
+
+
+def _normalised(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _normalised(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [_normalised(v) for v in value]
+    return _number(value)
+
+
+def _folder_classes(data_dir: Path) -> int | None:
+    train = data_dir / "train"
+    try:
+        return sum(1 for p in train.iterdir() if p.is_dir() and not p.name.startswith(".")) or None
+    except OSError:
+        return None
+
+
+def training_config(cfg: DictConfig) -> dict[str, Any]:
+    """Everything that changes the trained baseline, shaped like the config (so a dotted key
+    names the override): model name + params, dataset name + the params that change the data
+    (the folder itself for imagefolder, train_limit, val_fraction, image_size), split_seed,
+    augment, the number of classes where the folder tells, the trainer recipe, and the seed the
+    baseline is trained with (recorded, not compared: see `NOT_COMPARED`)."""
+    name = str(cfg.dataset.name)
+    params = dict(plain(cfg.dataset.params) or {})
+    data_dir = params.pop("data_dir", None)
+    params = {k: v for k, v in params.items() if k not in DATA_KEYS_IGNORED}
+    dataset: dict[str, Any] = {"name": name, "params": params, "split_seed": split_seed(cfg),
+                               "augment": cfg.dataset.get("augment", True)}
+    if name in FOLDER_DATASETS and data_dir is not None:
+        params["data_dir"] = str(Path(str(data_dir)).resolve())
+        dataset["num_classes"] = _folder_classes(Path(str(data_dir)))
+    trainer = {k: v for k, v in (plain(cfg.trainer) or {}).items() if k not in TRAINER_KEYS_IGNORED}
+    return {"model": {"name": str(cfg.model.name), "params": plain(cfg.model.params) or {}}, "dataset": dataset,
+            "trainer": trainer, "seed": cfg.seed}
+
+
+def baseline_key(cfg: DictConfig) -> str:
+    """A short stable hash of `training_config` (without the seed): two configs share a default
+    baseline checkpoint exactly when they would train the same model."""
+    record = {k: v for k, v in training_config(cfg).items() if k not in NOT_COMPARED}
+    text = json.dumps(_normalised(record), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]
+
+
+def baseline_path(cfg: DictConfig) -> Path:
+    """`baseline=` when given, else the default <paths.checkpoints>/<model>-<dataset>-<key>.pt
+    (`baseline_key`), so another model.params / dataset / trainer recipe never reuses a
+    checkpoint trained for something else."""
+    value = cfg.get("baseline")
+    if value not in (None, "", "auto"):
+        return Path(str(value))
+    return Path(str(cfg.paths.checkpoints)) / f"{cfg.model.name}-{cfg.dataset.name}-{baseline_key(cfg)}.pt"
+
+
+def _flat(record: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(record, dict) or not record:
+        return {prefix: record}
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def check_training_config(meta: dict[str, Any], cfg: DictConfig, path: Path | str) -> None:
+    """A baseline whose checkpoint records its training config (meta["train_config"]) must have
+    been trained with this run's model / dataset / trainer settings; one line naming the first
+    difference otherwise. Checkpoints without a record (older ones) are not checked."""
+    recorded = meta.get("train_config")
+    if not isinstance(recorded, dict):
+        return
+    ours = _flat({k: v for k, v in training_config(cfg).items() if k not in NOT_COMPARED})
+    theirs = _flat({k: v for k, v in recorded.items() if k not in NOT_COMPARED})
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = _normalised(theirs.get(key)), _normalised(ours.get(key))
+        if a == b or (key == "dataset.num_classes" and None in (a, b)):
+            continue
+        label = {"model.name": "model", "dataset.name": "dataset"}.get(key, key)
+        shown = lambda v: "null" if v is None else v  # noqa: E731
+        raise GapruneError(
+            f"baseline '{path}' was trained with {label}={shown(theirs.get(key))} but this run has "
+            f"{label}={shown(ours.get(key))}; pass {label}={shown(theirs.get(key))} to use it, or leave baseline= "
+            "unset to use (or train) the checkpoint for this config")
+
+
+# --- up-front checks: before a baseline is trained or a file is written ----------------------------
+def _boolean(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is not None and not isinstance(value, bool):
+        raise GapruneError(f"{key}={value!r} must be true or false")
+
+
+_ABSENT = object()
+
+
+def _at_least(cfg: DictConfig, key: str, low: int, hint: str = "", null_ok: bool = False) -> None:
+    value = OmegaConf.select(cfg, key, default=_ABSENT)
+    if value is _ABSENT or (value is None and null_ok):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise GapruneError(f"{key}={value!r} must be an integer >= {low}{hint}")
+
+
+def validate_run_config(cfg: DictConfig) -> None:
+    """One line for a bad common option: seed, booleans, epochs, sample counts."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise GapruneError(f"seed={seed!r} must be an integer")
+    for key in ("train_if_missing", "then_finetune", "dataset.augment", "model.include_linear", "finetune.kd",
+                "objective.repair_to_target"):
+        _boolean(cfg, key)
+    _at_least(cfg, "trainer.epochs", 1)
+    if cfg.get("task") == "finetune" or cfg.get("then_finetune") or cfg.get("task") == "oneshot":
+        _at_least(cfg, "finetune.epochs", 1, " (then_finetune=false skips the fine-tune)")
+    _at_least(cfg, "dataset.split_seed", 0, null_ok=True)
+    if cfg.get("fitness") is not None and cfg.fitness.get("name") != "taylor_proxy":
+        _at_least(cfg, "fitness.calib_samples", 1, " (null: every validation image)", null_ok=True)
+    _at_least(cfg, "optimizer.params.generations", 0, " (0: only the initial population is evaluated)")
+
+
+def check_writable(directory: Path | str, key: str) -> None:
+    """One line when `directory` (or the nearest existing folder it would be created in) cannot
+    be written. Creates nothing."""
+    path = Path(str(directory))
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    problem = None
+    if not probe.is_dir():
+        problem = f"'{probe}' is not a directory"
+    else:
+        try:
+            fd, name = tempfile.mkstemp(dir=probe, prefix=".gaprune-write-test-")
+            os.close(fd)
+            os.unlink(name)
+        except OSError as err:
+            problem = err.strerror or str(err)
+    if problem is not None:
+        raise GapruneError(f"{key}='{path}' is not writable ({problem}); point {key}= at a writable directory")
 
 
 def loader(bundle: DataBundle, split: str, batch_size: int, device, seed: int = 0, train: bool = False,
@@ -100,7 +264,7 @@ def make_logger(cfg: DictConfig, directory: Path, job_type: str) -> RunLogger:
 
 def ensure_baseline(cfg: DictConfig, directory: Path) -> Path:
     """The baseline checkpoint path; trains it first when missing and cfg.train_if_missing."""
-    path = Path(cfg.baseline)
+    path = baseline_path(cfg)
     if path.is_file():
         return path
     if not cfg.train_if_missing:
@@ -108,6 +272,7 @@ def ensure_baseline(cfg: DictConfig, directory: Path) -> Path:
             f"baseline checkpoint '{path}' not found; train it with: python train.py model={cfg.model.name} "
             f"dataset={cfg.dataset.name} (or set train_if_missing=true)"
         )
+    check_writable(path.parent, "baseline" if cfg.get("baseline") not in (None, "", "auto") else "paths.checkpoints")
     print(f"baseline '{path}' not found: training it first (train_if_missing=true)")
     from gaprune.pipeline.train import run_train
 
@@ -151,6 +316,7 @@ class Run:
         if pruned is not None:
             raise GapruneError(f"baseline='{path}' is already pruned; give an unpruned baseline checkpoint")
         check_dataset(meta, cfg, path, "point baseline= at the right checkpoint")
+        check_training_config(meta, cfg, path)
         self.baseline_path, self.model, self.meta, self.x0 = path, model, meta, example_input(meta)
         if units:
             self.units = discover_units(model, self.x0, include_linear=bool(cfg.model.include_linear))
@@ -165,7 +331,13 @@ class Run:
 def open_run(cfg: DictConfig, markers: Sequence[str] = (), kind: str = "", directory: Path | None = None,
              data: bool = True) -> Run:
     """Run dir (resolving `resume` when the job is resumable: `markers` given), seed, device and
-    (with `data`) the dataset, in that order."""
+    (with `data`) the dataset, in that order. Bad options and unwritable checkpoint / output dirs
+    fail here, before anything is trained or written."""
+    validate_run_config(cfg)
+    if cfg.get("task") != "finetune":  # baselines and the importance cache go there
+        check_writable(cfg.paths.checkpoints, "paths.checkpoints")
+    if cfg.paths.get("output_root") is not None:
+        check_writable(cfg.paths.output_root, "paths.output_root")
     if markers and directory is None:
         directory, resuming = resolve_resume(cfg, run_dir(), markers, kind)
     else:

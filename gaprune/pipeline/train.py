@@ -1,5 +1,8 @@
 """train.py's job: train the baseline (the unpruned reference model every other job prunes) and
-save it at `baseline=`. Rerunning an interrupted command resumes it per epoch."""
+save it at `baseline=` (default: <paths.checkpoints>/<model>-<dataset>-<key>.pt, the key a hash
+of the training config, `gaprune.pipeline.setup.baseline_path`). The checkpoint records that
+config (meta["train_config"]) so jobs loading it can check it. Rerunning an interrupted command
+resumes it per epoch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,28 +12,36 @@ from omegaconf import DictConfig
 
 from gaprune.engine.checkpoint import example_input, save_checkpoint
 from gaprune.engine.training import evaluate, train_with_state
-from gaprune.pipeline.setup import loader, make_logger, model_spec, open_run, train_config, train_loader
+from gaprune.pipeline.setup import (baseline_path, loader, make_logger, model_spec, open_run, train_config, train_loader,
+                                    training_config)
 from gaprune.pruning.physical import count_macs_params
-from gaprune.utils.io import write_csv, write_json
+from gaprune.utils.errors import Interrupted
+from gaprune.utils.io import read_torch_file, write_csv, write_json
 
 
 def run_train(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
-    """Train the baseline described by cfg and save it at cfg.baseline."""
+    """Train the baseline described by cfg and save it at `baseline_path(cfg)`."""
     if cfg.trainer.get("schedule") == "grow_prune":  # GGPA grow-and-prune: gaprune/pipeline/grow_prune.py
         from gaprune.pipeline.grow_prune import run_grow_prune
 
         return run_grow_prune(cfg, directory)
     run = open_run(cfg, directory=directory)
+    path = baseline_path(cfg)
     directory, device, bundle, spec = run.directory, run.device, run.bundle, model_spec(cfg)
     model = run.build_untrained().to(device)
     logger = make_logger(cfg, directory, "train")
     trainer = cfg.trainer
     train_batches = train_loader(cfg, bundle, trainer.batch_size, device)
     val_batches = loader(bundle, "val", trainer.eval_batch_size, device)
-    state_path = Path(f"{cfg.baseline}.state")  # per-epoch state: a rerun of the same command resumes
+    state_path = Path(f"{path}.state")  # per-epoch state: a rerun of the same command resumes
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    history = train_with_state(model, train_batches, val_batches, train_config(trainer), state_path,
-                               on_epoch=lambda row: logger.log(row, step=int(row["epoch"])), desc=f"train {spec['name']}")
+    try:
+        history = train_with_state(model, train_batches, val_batches, train_config(trainer), state_path,
+                                   on_epoch=lambda row: logger.log(row, step=int(row["epoch"])),
+                                   desc=f"train {spec['name']}")
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after epoch {epochs_done(state_path)} of training baseline '{path}'; rerun "
+                          "the same command to continue from there") from None
     val = evaluate(model, val_batches)
     test = evaluate(model, loader(bundle, "test", trainer.eval_batch_size, device))
     meta = {
@@ -38,18 +49,27 @@ def run_train(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
         "data": {"name": bundle.name, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
                  "image_size": bundle.image_size},
         "seed": int(cfg.seed),
+        "train_config": training_config(cfg),
         "val_acc": val["acc"],
         "test_acc": test["acc"],
     }
     macs, params = count_macs_params(model.cpu().eval(), example_input(meta))
     meta.update(macs=macs, params=params)
-    save_checkpoint(cfg.baseline, model, meta)
+    save_checkpoint(path, model, meta)
     state_path.unlink(missing_ok=True)
-    summary = {**meta, "checkpoint": str(Path(cfg.baseline).resolve()), "epochs": len(history)}
+    summary = {**meta, "checkpoint": str(path.resolve()), "epochs": len(history)}
     write_csv(directory / "history.csv", history)
     write_json(directory / "train_summary.json", summary)
     logger.summary({"val_acc": val["acc"], "test_acc": test["acc"], "macs": macs, "params": params})
     logger.finish()
     print(f"baseline {spec['name']} on {bundle.name}: val acc {val['acc']:.4f}, test acc {test['acc']:.4f}, "
-          f"MACs {macs / 1e6:.2f}M, params {params / 1e6:.3f}M -> {cfg.baseline}")
+          f"MACs {macs / 1e6:.2f}M, params {params / 1e6:.3f}M -> {path}")
     return summary
+
+
+def epochs_done(state_path: Path) -> int:
+    """Epochs saved in a per-epoch training state file (0 when there is none)."""
+    try:
+        return len(read_torch_file(state_path, "training state", "")["history"]) if state_path.is_file() else 0
+    except Exception:
+        return 0
