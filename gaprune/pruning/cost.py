@@ -145,7 +145,7 @@ class CostModel:
             elif isinstance(module, nn.Linear):
                 layers.append(_Layer("linear", unit_in, unit_out, module.in_features, module.out_features, repeat,
                                      1, 1, 1, module.bias is not None, False))
-            else:
+            elif isinstance(module, nn.modules.batchnorm._BatchNorm):  # others: shape counter only
                 layers.append(_Layer("bn", unit_out, unit_out, module.num_features, module.num_features, 1,
                                      1, 1, spatial[name], False, bool(module.affine)))
         return layers
