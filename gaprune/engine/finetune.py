@@ -3,7 +3,11 @@
 search picks and one-shot plans are fine-tuned by the same recipe and tabulated in the same
 format. It takes channel plans (`Plan`: physical pruning) and weight-mask plans (`SparsePlan`:
 masks re-applied after every optimizer step, effective MACs/params from `SparseCostModel`, a
-`sparsity` column). Reads no config: the pipeline hands it the recipe and the loaders."""
+`sparsity` column). With `latency` settings, the teacher is timed once per job and every
+pruned student after fine-tuning, on the job's device (`gaprune.deploy.latency`): batch and
+throughput-batch latency, threads, and the speedup over the teacher as a ratio (table columns
+`latency`, `speedup`, `img/s`, `speedup@b`). Reads no config: the pipeline hands it the recipe
+and the loaders."""
 from __future__ import annotations
 
 import copy
@@ -14,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from gaprune.deploy.latency import LatencySettings, latency_fields, speedup_fields
 from gaprune.engine.checkpoint import save_checkpoint
 from gaprune.engine.training import TrainConfig, evaluate, train, train_with_state
 from gaprune.pruning.cost import SparseCostModel
@@ -29,10 +34,23 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _latency_cells(r: dict[str, Any], base: bool) -> str:
+    if r.get("latency_ms") is None:
+        return " - | - | - | - |"
+    speedup, throughput_speedup = ("-", "-") if base else (f"{r['speedup']:.2f}x", f"{r['throughput_speedup']:.2f}x")
+    return f" {r['latency_ms']:.3f} ms | {speedup} | {r['throughput']:.0f} | {throughput_speedup} |"
+
+
 def markdown_table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
-    """The results table; a `sparsity` column is added when a row is a weight-masked plan."""
+    """The results table; a `sparsity` column is added when a row is a weight-masked plan, latency
+    columns (batch latency, speedup, throughput-batch images/s, its speedup) when measured."""
     sparse = any(r.get("sparsity") is not None for r in rows)
     extra_head, extra_rule, extra_base = (" sparsity |", "---|", " - |") if sparse else ("", "", "")
+    if baseline.get("latency_ms") is not None:
+        extra_head += (f" latency b{baseline['latency_batch']} | speedup | img/s b{baseline['throughput_batch']} | "
+                       f"speedup b{baseline['throughput_batch']} |")
+        extra_rule += "---|---|---|---|"
+        extra_base += _latency_cells(baseline, True)
     lines = ["| plan | pick | search proxy | val acc | test acc | Δ test acc | MACs | MACs red. | params | params red. |"
              + extra_head,
              "|---|---|---|---|---|---|---|---|---|---|" + extra_rule,
@@ -43,7 +61,8 @@ def markdown_table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
         lines.append(f"| {r['plan_id']} | {r['pick']} | {proxy} | {100 * r['val_acc']:.2f} | "
                      f"{100 * r['test_acc']:.2f} | {100 * r['test_acc_delta']:+.2f} | {r['macs'] / 1e6:.2f}M | "
                      f"{100 * r['macs_reduction']:.1f}% | {r['params'] / 1e6:.3f}M | {100 * r['params_reduction']:.1f}% |"
-                     + (f" {_pct(r.get('sparsity'))} |" if sparse else ""))
+                     + (f" {_pct(r.get('sparsity'))} |" if sparse else "")
+                     + (_latency_cells(r, False) if baseline.get("latency_ms") is not None else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -74,11 +93,20 @@ class FinetuneJob:
     pick: str
     header: dict[str, Any] = field(default_factory=dict)  # extra keys of results.json (search_dir, method)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    latency: LatencySettings | None = None  # None: no latency columns
+    teacher_latency: dict[str, Any] | None = None  # measured once per job, on first use
 
     @property
     def baseline(self) -> dict[str, Any]:
         meta = self.meta
-        return {"val_acc": meta["val_acc"], "test_acc": meta["test_acc"], "macs": meta["macs"], "params": meta["params"]}
+        return {"val_acc": meta["val_acc"], "test_acc": meta["test_acc"], "macs": meta["macs"], "params": meta["params"],
+                **(self.teacher_latency or {})}
+
+    def measure_teacher(self) -> dict[str, Any] | None:
+        """The teacher's latency fields (measured on the first call of a job, then reused)."""
+        if self.latency is not None and self.teacher_latency is None:
+            self.teacher_latency = latency_fields(self.teacher, self.x0, self.device, self.latency)
+        return self.teacher_latency
 
     def done(self, plan_id: Any) -> bool:
         """Finished before an interruption (its row is in results.json)."""
@@ -124,6 +152,9 @@ class FinetuneJob:
         }
         if sparse:
             row["sparsity"] = ck_meta["sparsity"] = plan.sparsity()
+        if self.measure_teacher() is not None:
+            timing = latency_fields(student, self.x0, self.device, self.latency)
+            row.update({**timing, **speedup_fields(timing, self.teacher_latency)})
         row.update({"predicted_macs": macs if predicted_macs is None else predicted_macs, "epochs": len(history),
                     "kd": bool(self.kd), **(extra or {})})
         save_checkpoint(directory / f"pruned-{tag}.pt", copy.deepcopy(student).cpu(), ck_meta, plan=plan)
@@ -135,6 +166,8 @@ class FinetuneJob:
 
     def close(self, summary_keys: Sequence[str] = ("test_acc", "macs_reduction")) -> str:
         """Write results.md, close the logger, print and return the table."""
+        if self.rows and any("latency_ms" in r for r in self.rows):
+            self.measure_teacher()  # rows finished before a resume: the teacher is timed again
         table = markdown_table(self.rows, self.baseline)
         atomic_write_text(self.directory / "results.md", table)
         self.logger.summary({k: self.rows[0][k] for k in summary_keys if k in self.rows[0]} if self.rows else {})

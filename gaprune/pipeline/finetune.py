@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from gaprune.engine.checkpoint import example_input, load_model
 from gaprune.engine.finetune import FinetuneJob
+from gaprune.pipeline.latency import latency_pick, latency_settings
 from gaprune.pipeline.setup import check_dataset, loader, make_logger, open_run, plain, train_config, train_loader
 from gaprune.pruning.plan import plan_from_json
 from gaprune.pruning.units import PrunableUnit, discover_units
@@ -39,7 +40,8 @@ def open_job(cfg: DictConfig, directory: Path, teacher: nn.Module, meta: dict[st
     logger = make_logger(cfg, directory, job_type)
     done = read_json(directory / "results.json")["results"] if (directory / "results.json").is_file() else []
     return FinetuneJob(train_config(ft), bool(ft.kd), directory, teacher, meta, list(units), x0, device, train_batches,
-                       val_batches, test_batches, logger, pick, dict(header or {}), [r for r in done if r["pick"] == pick])
+                       val_batches, test_batches, logger, pick, dict(header or {}), [r for r in done if r["pick"] == pick],
+                       latency=latency_settings(cfg))
 
 
 def chosen_records(search_dir: Path, pick: str, target: float | None) -> list[dict[str, Any]]:
@@ -52,6 +54,8 @@ def chosen_records(search_dir: Path, pick: str, target: float | None) -> list[di
                            "or give search_dir=<a search run dir>")
     if pick == "best":  # the best score may lie off the proxy/MACs front
         return [read_json(search_dir / "best_plan.json")]
+    if pick == "target_latency":  # the latency pick lies off the proxy/MACs front too
+        return latency_pick(search_dir)
     return pick_plans(read_json(pareto_path), pick, target)
 
 

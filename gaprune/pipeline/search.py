@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from gaprune.data.loaders import capped
 from gaprune.engine.training import seed_everything
+from gaprune.pipeline.latency import latency_picks, search_latency_cost, validate_latency
 from gaprune.pipeline.setup import Run, loader, make_logger, open_run, plain
 from gaprune.pruning.cost import CostModel
 from gaprune.pruning.importance import IMPORTANCES, cache_file, compute_importance
@@ -67,6 +68,7 @@ def validate_search_config(cfg: DictConfig) -> None:
         raise GapruneError(f"unknown pick '{cfg.pick}'; choose one of: {', '.join(PICKS)}")
     if cfg.pick == "target_macs" and cfg.objective.target_macs_reduction is None:
         raise GapruneError("pick=target_macs needs objective.target_macs_reduction=<fraction>, e.g. 0.7")
+    validate_latency(cfg)
 
 
 def run_network_search(cfg: DictConfig) -> dict[str, Any]:
@@ -80,7 +82,8 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
     fitness = fitness_from_config(cfg.fitness, run, importance)
     objective = Objective(**plain(cfg.objective))
     repair, seeds = at_target(cfg, objective, encoding, cost, importance)
-    problem = Problem(encoding, fitness, cost, objective, objectives=list(cfg.optimizer.objectives), repair=repair)
+    problem = Problem(encoding, fitness, cost, objective, objectives=list(cfg.optimizer.objectives), repair=repair,
+                      latency=search_latency_cost(cfg, run))  # None unless latency is asked for
     optimizer = build_optimizer(cfg.optimizer.name, problem, seeds=list(seeds.values()), **plain(cfg.optimizer.params))
 
     state = None
@@ -147,6 +150,7 @@ def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, 
     target = cfg.objective.target_macs_reduction
     if target is not None and any(r["macs_reduction"] >= target for r in records):
         picks["target_macs"] = pick_plans(records, "target_macs", target)[0]
+    picks.update(latency_picks(cfg, records))
     write_json(directory / "pareto.json", [with_plan(r) for r in front])
     write_json(directory / "picks.json", {name: with_plan(r) for name, r in picks.items()})
     write_json(directory / "best_plan.json", with_plan(picks["best"]))

@@ -1,5 +1,6 @@
 """Choosing plans from a search: the Pareto set over all evaluated plans, and the knee /
-best / target-MACs picks that fine-tuning takes."""
+best / target-MACs / target-latency picks that fine-tuning takes. `target_latency` needs records
+with `latency_reduction` (a search with the latency lookup table)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -8,7 +9,7 @@ import numpy as np
 
 from gaprune.utils.errors import GapruneError
 
-PICKS = ("knee", "best", "all", "target_macs")
+PICKS = ("knee", "best", "all", "target_macs", "target_latency")
 
 
 def pareto_front(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -35,7 +36,24 @@ def knee(front: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return front[int(np.argmin(distance))]
 
 
-def pick_plans(records: Sequence[dict[str, Any]], pick: str, target_macs_reduction: float | None = None) -> list[dict[str, Any]]:
+def target_latency_pick(records: Sequence[dict[str, Any]], target: float | None) -> dict[str, Any]:
+    """Best proxy among plans whose predicted latency is at least `target` below the baseline's."""
+    if target is None:
+        raise GapruneError("pick=target_latency needs objective.target_latency_reduction=<fraction>, e.g. 0.5")
+    timed = [r for r in records if r.get("latency_reduction") is not None]
+    if not timed:
+        raise GapruneError("pick=target_latency needs a search with the latency lookup table "
+                           "(objective.target_latency_reduction or optimizer.objectives with latency)")
+    eligible = [r for r in timed if r["latency_reduction"] >= target]
+    if not eligible:
+        best = max(r["latency_reduction"] for r in timed)
+        raise GapruneError(f"no plan reaches target_latency_reduction={target} (best found: {best:.3f}); "
+                           "lower the target or search longer")
+    return max(eligible, key=lambda r: (r["proxy"], -r["id"]))
+
+
+def pick_plans(records: Sequence[dict[str, Any]], pick: str, target_macs_reduction: float | None = None,
+               target_latency_reduction: float | None = None) -> list[dict[str, Any]]:
     if not records:
         raise GapruneError("the search has no evaluated plans to pick from")
     front = pareto_front(records)
@@ -56,4 +74,6 @@ def pick_plans(records: Sequence[dict[str, Any]], pick: str, target_macs_reducti
                 "lower the target or search longer"
             )
         return [max(eligible, key=lambda r: (r["proxy"], -r["id"]))]
+    if pick == "target_latency":
+        return [target_latency_pick(records, target_latency_reduction)]
     raise GapruneError(f"unknown pick '{pick}'; choose one of: {', '.join(PICKS)}")

@@ -1,5 +1,10 @@
 """The search problem: genome -> plan -> (proxy, MACs, params, score), with a cache and a record
-of every plan evaluated. Optimizers only see genomes and objective tuples."""
+of every plan evaluated. Optimizers only see genomes and objective tuples.
+
+With a `latency` cost (`gaprune.deploy.lut.LatencyCost`), every record also holds the plan's
+predicted latency (`latency_us`) and `latency_reduction` (1 - latency / baseline latency); the
+objective `latency` (minimised) is latency as a fraction of the baseline's. Asking for it without
+a latency cost is an error."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,7 +18,7 @@ from gaprune.search.encodings import Encoding
 from gaprune.search.fitness import Fitness
 from gaprune.utils.errors import GapruneError
 
-OBJECTIVE_KEYS = {"proxy": 1.0, "macs": -1.0, "params": -1.0}
+OBJECTIVE_KEYS = {"proxy": 1.0, "macs": -1.0, "params": -1.0, "latency": -1.0}
 
 
 @dataclass
@@ -23,7 +28,9 @@ class Objective:
     w_acc: float = 1.0
     w_macs: float = 0.5
     w_params: float = 0.0
+    w_latency: float = 0.0  # weight of the predicted latency reduction (needs the latency LUT)
     target_macs_reduction: float | None = None
+    target_latency_reduction: float | None = None  # enables pick=target_latency
     penalty: float = 2.0
     repair_to_target: bool = True  # with a target: every genome is repaired onto it (gaprune.target)
     target_tolerance: float = 0.01  # repair leaves plans in [target, target + tolerance] alone
@@ -34,21 +41,37 @@ class Objective:
             raise GapruneError(
                 f"objective.target_macs_reduction={target} is out of range; give a fraction in (0, 1), e.g. 0.7"
             )
+        target = self.target_latency_reduction
+        if target is not None and not 0.0 < float(target) < 1.0:
+            raise GapruneError(
+                f"objective.target_latency_reduction={target} is out of range; give a fraction in (0, 1), e.g. 0.5"
+            )
 
-    def score(self, proxy: float, macs_reduction: float, params_reduction: float) -> float:
-        if self.target_macs_reduction is not None:
-            return proxy - self.penalty * max(0.0, self.target_macs_reduction - macs_reduction)
-        return self.w_acc * proxy + self.w_macs * macs_reduction + self.w_params * params_reduction
+    @property
+    def uses_latency(self) -> bool:
+        return bool(self.w_latency) or self.target_latency_reduction is not None
+
+    def score(self, proxy: float, macs_reduction: float, params_reduction: float, latency_reduction: float = 0.0) -> float:
+        if self.target_macs_reduction is not None or self.target_latency_reduction is not None:
+            short = max(0.0, (self.target_macs_reduction or 0.0) - macs_reduction)
+            short += max(0.0, (self.target_latency_reduction or 0.0) - latency_reduction)
+            return proxy - self.penalty * short
+        return (self.w_acc * proxy + self.w_macs * macs_reduction + self.w_params * params_reduction
+                + self.w_latency * latency_reduction)
 
 
 class Problem:
     def __init__(self, encoding: Encoding, fitness: Fitness, cost: CostModel, objective: Objective,
                  objectives: Sequence[str] = ("proxy", "macs", "params"),
-                 repair: Callable[[Sequence[float]], list[float]] | None = None) -> None:
+                 repair: Callable[[Sequence[float]], list[float]] | None = None, latency: Any = None) -> None:
         unknown = [name for name in objectives if name not in OBJECTIVE_KEYS]
         if unknown or "proxy" not in objectives:
             raise GapruneError(f"optimizer.objectives={list(objectives)} invalid; use a subset of "
                                f"{list(OBJECTIVE_KEYS)} that includes proxy")
+        if latency is None and ("latency" in objectives or objective.uses_latency):
+            raise GapruneError("the latency objective needs the latency lookup table; build the Problem with "
+                               "latency=LatencyCost(...) (search.py does when latency is asked for)")
+        self.latency = latency
         self.encoding = encoding
         self.fitness = fitness
         self.cost = cost
@@ -106,15 +129,20 @@ class Problem:
         macs, params = self.cost.cost(plan)
         macs_reduction = 1.0 - macs / self.cost.base_macs
         params_reduction = 1.0 - params / self.cost.base_params
+        timing = {}
+        if self.latency is not None:
+            latency_us = self.latency.cost(plan)
+            timing = {"latency_us": latency_us, "latency_reduction": 1.0 - latency_us / self.latency.base_us}
         record = {
             "id": len(self.records),
             "generation": generation,
             "proxy": proxy,
-            "score": self.objective.score(proxy, macs_reduction, params_reduction),
+            "score": self.objective.score(proxy, macs_reduction, params_reduction, timing.get("latency_reduction", 0.0)),
             "macs": macs,
             "params": params,
             "macs_reduction": macs_reduction,
             "params_reduction": params_reduction,
+            **timing,
             **{k: float(v) for k, v in result.items() if k != "proxy"},
             **plan.record_fields(),
             "genome": [float(g) for g in genome],
@@ -124,5 +152,6 @@ class Problem:
 
     def values(self, record: dict[str, Any]) -> tuple[float, ...]:
         """Objective tuple for multi-objective selection (MACs/params as ratios of baseline)."""
-        table = {"proxy": record["proxy"], "macs": 1.0 - record["macs_reduction"], "params": 1.0 - record["params_reduction"]}
+        table = {"proxy": record["proxy"], "macs": 1.0 - record["macs_reduction"], "params": 1.0 - record["params_reduction"],
+                 "latency": 1.0 - record.get("latency_reduction", 0.0)}
         return tuple(table[name] for name in self.objectives)

@@ -1,0 +1,155 @@
+"""Measured inference latency of a model on a device (`torch.utils.benchmark`).
+
+Invariants:
+- a measurement is `warmup` untimed calls, then `repeats` timed blocks of `number` calls each
+  (`number` chosen so one block lasts about `min_block_s`); the reported time is the median of
+  the per-call block means, in seconds; the model runs in eval mode under `torch.inference_mode`
+  on a seeded random input of the example's shape with the asked batch size;
+- `torch.utils.benchmark.Timer` synchronises CUDA (any accelerator) around each block, and runs
+  with `threads` = `torch.get_num_threads()` (its own default is 1 thread), recorded in the result;
+  `clock="cpu"` (CPU only) times the thread's CPU time on 1 thread instead of wall time, which
+  does not count time lost to other processes on a shared machine;
+- the model's train/eval mode and device are restored afterwards; weights are never changed.
+`latency_fields` turns two measurements (batch 1 and a throughput batch) into the results-table
+fields; `speedup_fields` compares them with the baseline's as ratios (> 1 means faster).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from torch.utils import benchmark
+
+from gaprune.utils.errors import GapruneError
+
+
+CLOCKS = ("wall", "cpu")
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """The `finetune.latency` group: what the results table measures for every row."""
+
+    enabled: bool = True
+    batch: int = 1
+    throughput_batch: int = 64
+    warmup: int = 3
+    repeats: int = 7
+    min_block_s: float = 0.01  # one timed block lasts about this long (many calls for tiny models)
+    clock: str = "wall"  # wall | cpu (thread CPU time, 1 thread: robust on a machine shared with other jobs)
+
+    def __post_init__(self) -> None:
+        if int(self.batch) < 1 or int(self.throughput_batch) < 1:
+            raise GapruneError(f"finetune.latency batch={self.batch} / throughput_batch={self.throughput_batch} "
+                               "must be >= 1")
+        if int(self.repeats) < 1 or int(self.warmup) < 0:
+            raise GapruneError(f"finetune.latency repeats={self.repeats} must be >= 1 and warmup={self.warmup} >= 0")
+        if self.clock not in CLOCKS:
+            raise GapruneError(f"finetune.latency clock={self.clock!r} unknown; use one of {', '.join(CLOCKS)}")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | None) -> "LatencySettings | None":
+        """None (no latency columns) when `params` is None or `enabled: false`."""
+        if params is None:
+            return None
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise GapruneError(f"finetune.latency has no option(s) {', '.join(sorted(unknown))}; options: "
+                               f"{', '.join(cls.__dataclass_fields__)}")
+        settings = cls(**params)
+        return settings if settings.enabled else None
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: float  # median per-call time
+    batch: int
+    threads: int
+    device: str
+    number: int  # calls per timed block
+    repeats: int
+    clock: str = "wall"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable device tag: `cpu` or the CUDA device's name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def clock_threads(clock: str = "wall") -> int:
+    """Threads a measurement runs with: torch's setting on the wall clock, 1 on the CPU clock."""
+    return 1 if clock == "cpu" else torch.get_num_threads()
+
+
+def time_callable(fn: Callable[[], Any], warmup: int = 3, repeats: int = 7, min_block_s: float = 0.01,
+                  clock: str = "wall") -> tuple[float, int]:
+    """(median seconds per call, calls per block) of `fn` with torch.utils.benchmark; `clock=cpu`
+    times the calling thread's CPU time on 1 thread (time lost to other processes is not counted)."""
+    extra = {"timer": time.thread_time} if clock == "cpu" else {}
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=clock_threads(clock), **extra)
+    for _ in range(max(0, warmup)):
+        fn()
+    first = timer.timeit(1).mean
+    number = max(1, int(min_block_s / max(first, 1e-7)))
+    means = [timer.timeit(number).mean for _ in range(max(1, repeats))]
+    return float(statistics.median(means)), number
+
+
+def measure_latency(model: nn.Module, example: torch.Tensor, batch: int, device: torch.device | str,
+                    warmup: int = 3, repeats: int = 7, min_block_s: float = 0.01, clock: str = "wall") -> Timing:
+    """Median per-forward time of `model` on `batch` inputs shaped like `example`, on `device`."""
+    device = torch.device(device)
+    was_training = model.training
+    try:
+        first = next(model.parameters())
+        old_device = first.device
+    except StopIteration:
+        old_device = device
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((int(batch), *example.shape[1:]), generator=generator).to(device)
+    model.eval().to(device)
+
+    def forward() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    try:
+        seconds, number = time_callable(forward, warmup, repeats, min_block_s, clock)
+    finally:
+        model.train(was_training).to(old_device)
+    return Timing(seconds, int(batch), clock_threads(clock), device_name(device), number, int(repeats), clock)
+
+
+def latency_fields(model: nn.Module, example: torch.Tensor, device, settings: LatencySettings) -> dict[str, Any]:
+    """The table's latency fields of one model: batch latency (ms), throughput batch latency (ms)
+    and images/s, threads and device."""
+    kwargs = dict(warmup=settings.warmup, repeats=settings.repeats, min_block_s=settings.min_block_s,
+                  clock=settings.clock)
+    single = measure_latency(model, example, settings.batch, device, **kwargs)
+    many = measure_latency(model, example, settings.throughput_batch, device, **kwargs)
+    return {
+        "latency_ms": 1e3 * single.seconds,
+        "latency_batch": single.batch,
+        "throughput_latency_ms": 1e3 * many.seconds,
+        "throughput_batch": many.batch,
+        "throughput": many.batch / many.seconds,
+        "threads": single.threads,
+        "latency_device": single.device,
+        "latency_clock": single.clock,
+    }
+
+
+def speedup_fields(pruned: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
+    """Baseline time / pruned time at batch 1 and at the throughput batch."""
+    return {"speedup": baseline["latency_ms"] / pruned["latency_ms"],
+            "throughput_speedup": baseline["throughput_latency_ms"] / pruned["throughput_latency_ms"]}

@@ -1,0 +1,71 @@
+"""Export a gaprune checkpoint (baseline or pruned) to ONNX (opset >= 17) and TorchScript, check
+both against the PyTorch model on real test images (max abs logit difference <= --tolerance,
+onnxruntime for ONNX) and print their latency. ONNX needs the [export] extra.
+
+python scripts/export.py outputs/search/<run>/finetune/pruned-knee-167.pt
+python scripts/export.py checkpoints/resnet20-cifar10.pt --out exported --formats torchscript --clock cpu
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gaprune.utils.errors import exit_on_user_error  # noqa: E402
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a gaprune checkpoint (.pt): baseline, pruned-*.pt or weight-masked")
+    parser.add_argument("--out", default=None, help="output folder (default: <checkpoint dir>/export)")
+    parser.add_argument("--formats", default="onnx,torchscript", help="comma list of onnx, torchscript")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--samples", type=int, default=256, help="real test images for the check")
+    parser.add_argument("--data-dir", default="data", help="where CIFAR-10 / MNIST are prepared (dataset.params.data_dir)")
+    parser.add_argument("--random-inputs", action="store_true", help="check on Gaussian inputs (no dataset needed)")
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--throughput-batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"))
+    parser.add_argument("--no-latency", action="store_true")
+    return parser.parse_args(argv)
+
+
+def check_inputs(meta: dict, args: argparse.Namespace):
+    import torch
+
+    from gaprune.data.datasets import load_dataset
+    from gaprune.data.loaders import make_loader
+    from gaprune.engine.checkpoint import example_input
+
+    if args.random_inputs:
+        shape = example_input(meta).shape[1:]
+        return torch.randn((args.samples, *shape), generator=torch.Generator().manual_seed(0))
+    data = meta["data"]
+    bundle = load_dataset(data["name"], data_dir=args.data_dir)
+    x, _ = next(iter(make_loader(bundle, "test", args.samples)))
+    return x
+
+
+@exit_on_user_error
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    from gaprune.deploy.export import export_checkpoint
+    from gaprune.deploy.latency import LatencySettings
+    from gaprune.engine.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(args.checkpoint)["meta"]
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
+    latency = None if args.no_latency else LatencySettings(batch=args.batch, throughput_batch=args.throughput_batch,
+                                                           repeats=args.repeats, clock=args.clock)
+    report = export_checkpoint(args.checkpoint, out, check_inputs(meta, args),
+                               formats=[f.strip() for f in args.formats.split(",") if f.strip()],
+                               opset=args.opset, tolerance=args.tolerance, latency=latency)
+    print("\n".join(report.lines()))
+
+
+if __name__ == "__main__":
+    main()

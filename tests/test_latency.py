@@ -1,0 +1,173 @@
+"""Measured latency in the results table, the latency LUT (monotone in width, cached), the
+`latency` search objective and the target_latency pick."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gaprune.deploy import lut as lut_module
+from gaprune.deploy.latency import LatencySettings, latency_fields, measure_latency, speedup_fields
+from gaprune.deploy.lut import LatencyCost, LatencyLUT, load_or_measure, pearson
+from gaprune.engine.finetune import markdown_table
+from gaprune.models import build_model
+from gaprune.pruning.cost import CostModel
+from gaprune.pruning.importance import random_importance
+from gaprune.pruning.units import discover_units
+from gaprune.search.encodings import build_encoding
+from gaprune.search.picks import pick_plans
+from gaprune.search.problem import Objective, Problem
+from gaprune.utils.errors import GapruneError
+
+X0 = torch.zeros(1, 1, 32, 32)
+FAST = dict(warmup=1, repeats=1, throughput_batch=4, min_block_s=0.001)
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    torch.manual_seed(0)
+    model = build_model("lenet5", 10, 1, 32).eval()
+    return model, discover_units(model, X0, include_linear=True)
+
+
+@pytest.fixture(scope="module")
+def lenet_lut(lenet):
+    model, units = lenet
+    return LatencyLUT.measure(model, units, X0, "cpu", repeats=1, fractions=(0.25, 0.5, 1.0), clock="cpu")
+
+
+def test_measure_latency_records_threads_and_restores_mode(lenet):
+    model, _ = lenet
+    model.train()
+    timing = measure_latency(model, X0, 2, "cpu", warmup=1, repeats=2, min_block_s=0.001)
+    assert model.training and timing.seconds > 0 and timing.batch == 2
+    assert timing.threads == torch.get_num_threads() and timing.device == "cpu"
+    cpu = measure_latency(model.eval(), X0, 1, "cpu", warmup=1, repeats=1, min_block_s=0.001, clock="cpu")
+    assert cpu.threads == 1 and cpu.clock == "cpu"
+
+
+def test_latency_settings_validate():
+    assert LatencySettings.from_params(None) is None
+    assert LatencySettings.from_params({"enabled": False}) is None
+    with pytest.raises(GapruneError, match="no option"):
+        LatencySettings.from_params({"repeat": 3})
+    with pytest.raises(GapruneError, match="clock"):
+        LatencySettings(clock="gpu")
+
+
+def test_results_table_has_latency_columns(lenet):
+    model, _ = lenet
+    base_timing = latency_fields(model, X0, "cpu", LatencySettings(**FAST))
+    row_timing = {**base_timing, "latency_ms": base_timing["latency_ms"] / 2,
+                  "throughput_latency_ms": base_timing["throughput_latency_ms"] / 4}
+    assert speedup_fields(row_timing, base_timing) == pytest.approx({"speedup": 2.0, "throughput_speedup": 4.0})
+    baseline = {"val_acc": 0.9, "test_acc": 0.9, "macs": 4e5, "params": 6e4, **base_timing}
+    row = {"plan_id": 3, "pick": "knee", "search_proxy": 0.8, "val_acc": 0.9, "test_acc": 0.88, "test_acc_delta": -0.02,
+           "macs": 1e5, "params": 1e4, "macs_reduction": 0.75, "params_reduction": 0.8, **row_timing,
+           **speedup_fields(row_timing, base_timing)}
+    lines = markdown_table([row], baseline).splitlines()
+    assert lines[0].endswith("| latency b1 | speedup | img/s b4 | speedup b4 |")
+    assert "| MACs red. | params | params red. |" in lines[0]  # existing columns kept
+    assert lines[3].endswith(" | 2.00x | " + f"{row_timing['throughput']:.0f} | 4.00x |")
+    assert all(line.count("|") == lines[0].count("|") for line in lines)
+    plain = markdown_table([{k: v for k, v in row.items() if k in list(row)[:11]}],
+                           {k: baseline[k] for k in ("val_acc", "test_acc", "macs", "params")})
+    assert "latency" not in plain  # latency off: the table as before
+
+
+def test_lut_prediction_is_monotone_in_width(lenet, lenet_lut):
+    model, units = lenet
+    full = [u.channels for u in units]
+    assert lenet_lut.predict_widths(full) == pytest.approx(lenet_lut.base_us)
+    for index, unit in enumerate(units):
+        widths = sorted({max(1, int(round(unit.channels * f))) for f in np.linspace(0.05, 1.0, 12)})
+        predicted = [lenet_lut.predict_widths(full[:index] + [w] + full[index + 1:]) for w in widths]
+        assert all(a <= b + 1e-9 for a, b in zip(predicted, predicted[1:])), (unit.name, predicted)
+    assert lenet_lut.predict_widths([1] * len(units)) < lenet_lut.base_us
+
+
+def test_lut_cache_round_trip(lenet, tmp_path, monkeypatch):
+    model, units = lenet
+    checkpoint = tmp_path / "lenet5-digits.pt"
+    checkpoint.write_bytes(b"weights")
+    calls = []
+    real = LatencyLUT.measure.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(1)
+        return real(cls, *args, **{**kwargs, "fractions": (0.5, 1.0)})
+
+    monkeypatch.setattr(lut_module.LatencyLUT, "measure", classmethod(counting))
+    first = load_or_measure(model, units, X0, "cpu", checkpoint, tmp_path / "cache", repeats=1, clock="cpu")
+    again = load_or_measure(model, units, X0, "cpu", checkpoint, tmp_path / "cache", repeats=1, clock="cpu")
+    assert len(calls) == 1 and again.base_us == first.base_us
+    (cached,) = (tmp_path / "cache").glob("*.json")
+    assert cached.name.startswith("lenet5-digits-") and "latency-cpu-1tcpu" in cached.name and "1x32x32-b1" in cached.name
+    cached.write_text("{broken")
+    load_or_measure(model, units, X0, "cpu", checkpoint, tmp_path / "cache", repeats=1, clock="cpu")
+    assert len(calls) == 2  # a damaged cache is re-measured
+
+
+class _Proxy:
+    def evaluate(self, plans):
+        return [{"proxy": float(np.mean([len(k) for k in p.keep.values()]))} for p in plans]
+
+
+def test_latency_objective_and_target_latency_pick(lenet, lenet_lut):
+    model, units = lenet
+    encoding = build_encoding("ratio", units, random_importance(model, units), model=model)
+    cost = CostModel(model, units, X0)
+    with pytest.raises(GapruneError, match="latency lookup table"):
+        Problem(encoding, _Proxy(), cost, Objective(), objectives=["proxy", "latency"])
+    latency = LatencyCost(lenet_lut, units)
+    problem = Problem(encoding, _Proxy(), cost, Objective(target_latency_reduction=0.05),
+                      objectives=["proxy", "macs", "latency"], latency=latency)
+    rng = random.Random(0)
+    records = problem.evaluate([encoding.random_genome(rng) for _ in range(12)] + [encoding.full_genome()], 0)
+    assert problem.weights == (1.0, -1.0, -1.0)
+    for record in records:
+        assert record["latency_us"] == pytest.approx(latency.cost(encoding.decode(record["genome"])))
+        assert problem.values(record)[2] == pytest.approx(1.0 - record["latency_reduction"])
+    assert records[-1]["latency_reduction"] == pytest.approx(0.0, abs=1e-9)
+    eligible = [r for r in records if r["latency_reduction"] >= 0.05]
+    (chosen,) = pick_plans(records, "target_latency", target_latency_reduction=0.05)
+    assert chosen["proxy"] == max(r["proxy"] for r in eligible)
+    with pytest.raises(GapruneError, match="no plan reaches"):
+        pick_plans(records, "target_latency", target_latency_reduction=0.999)
+    with pytest.raises(GapruneError, match="target_latency_reduction"):
+        pick_plans(records, "target_latency")
+
+
+def test_pearson():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert np.isnan(pearson([1, 1], [1, 2]))
+
+
+def _compose(*overrides: str):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return compose("search", overrides=list(overrides))
+
+
+def test_config_keys_compose_and_validate():
+    from gaprune.pipeline.latency import latency_settings, lut_options, validate_latency, wants_latency
+
+    for recipe in ("default", "paper"):
+        settings = latency_settings(_compose(f"finetune={recipe}"))
+        assert settings is not None and settings.batch == 1 and settings.throughput_batch == 64
+    assert latency_settings(_compose("finetune.latency.enabled=false")) is None
+    assert not wants_latency(_compose())
+    assert wants_latency(_compose("optimizer.objectives=[proxy,latency]"))
+    cfg = _compose("objective.target_latency_reduction=0.4", "pick=target_latency", "latency_lut.clock=cpu")
+    assert wants_latency(cfg) and lut_options(cfg)["clock"] == "cpu"
+    validate_latency(cfg)
+    Objective(**{k: v for k, v in dict(cfg.objective).items()})
+    with pytest.raises(GapruneError, match="target_latency_reduction"):
+        validate_latency(_compose("pick=target_latency"))
+    with pytest.raises(GapruneError, match="latency_lut"):
+        validate_latency(_compose("optimizer.objectives=[proxy,latency]", "latency_lut.clock=sundial"))
