@@ -63,9 +63,10 @@ def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace whose ck/ holds a LeNet-5 digits baseline trained by train.py (once per session)."""
+    """A workspace whose ck/ holds a LeNet-5 digits baseline trained by train.py with the default
+    recipe (once per session), so it is the default baseline of every default-recipe run there."""
     from helpers import paths, run_cli
 
     root = tmp_path_factory.mktemp("workspace")
-    run_cli("train.py", *paths(root), "trainer.epochs=12", "logger.mode=disabled")
+    run_cli("train.py", *paths(root), "logger.mode=disabled")
     return root

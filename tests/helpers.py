@@ -28,6 +28,12 @@ def run_cli(script: str, *overrides: str, check: bool = True) -> subprocess.Comp
     return proc
 
 
+def baseline_of(root: Path, model: str = "lenet5", dataset: str = "digits") -> Path:
+    """The one default baseline under <root>/ck (its name carries a key of the training config)."""
+    (path,) = (root / "ck").glob(f"{model}-{dataset}-*.pt")
+    return path
+
+
 def paths(root: Path) -> list[str]:
     """Overrides that keep checkpoints and outputs under `root`."""
     return [f"paths.checkpoints={root / 'ck'}", f"paths.output_root={root / 'out'}"]

@@ -5,7 +5,6 @@ no run dir left behind."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -14,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 
-from helpers import REPO, run_cli
+from helpers import REPO, baseline_of, run_cli
 
 FAST = ["trainer.epochs=1", "logger.mode=disabled"]  # the recipe of this module's baseline
 
@@ -33,11 +31,6 @@ def workspace(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("errors")
     run_cli("train.py", f"paths.checkpoints={root / 'ck'}", f"paths.output_root={root / 'out'}", *FAST)
     return root
-
-
-def baseline_of(root: Path) -> Path:
-    (path,) = (root / "ck").glob("lenet5-digits-*.pt")
-    return path
 
 
 # --- the baseline key ----------------------------------------------------------------------------

@@ -24,14 +24,14 @@ from gaprune.pruning.physical import count_macs_params, prune_model
 from gaprune.pruning.plan import Plan, SparsePlan
 from gaprune.pruning.units import discover_units
 from gaprune.utils.errors import GapruneError
-from helpers import REPO, run_cli
+from helpers import REPO, baseline_of, run_cli
 
 MACS_TARGET, SPARSITY_TARGET = 0.6, 0.9
 
 
 @pytest.fixture(scope="module")
 def lenet(trained):  # noqa: F811
-    model, meta, _ = load_model(trained / "ck" / "lenet5-digits.pt")
+    model, meta, _ = load_model(baseline_of(trained))
     x0 = example_input(meta)
     units = discover_units(model, x0, include_linear=True)
     return OneshotContext(model, units, x0, load_dataset("digits"))
@@ -216,7 +216,7 @@ def finetune_cfg(epochs: int = 1):
 def test_sparse_finetune_keeps_masks_and_checkpoint_round_trips(lenet, sparse_plans, trained, tmp_path):  # noqa: F811
     from gaprune.pipeline.finetune import open_job
 
-    teacher, meta, _ = load_model(trained / "ck" / "lenet5-digits.pt")
+    teacher, meta, _ = load_model(baseline_of(trained))
     job = open_job(finetune_cfg(), tmp_path, teacher, meta, lenet.bundle, torch.device("cpu"), "oneshot", "lamp")
     plan = sparse_plans["lamp"]
     row = job.run(plan, "lamp")

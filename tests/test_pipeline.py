@@ -10,7 +10,7 @@ import torch
 
 from gaprune.engine.checkpoint import example_input, load_model
 from gaprune.pruning.physical import count_macs_params
-from helpers import REPO, paths, run_cli
+from helpers import REPO, baseline_of, paths, run_cli
 
 FAST_SEARCH = ["optimizer.params.population=12", "optimizer.params.generations=4", "fitness.calib_samples=128"]
 
@@ -27,7 +27,7 @@ def test_train_learns_and_saves_a_loadable_baseline(trained):
     history = (only_run(trained, "train") / "history.csv").read_text().splitlines()
     first, last = (float(line.split(",")[1]) for line in (history[1], history[-1]))
     assert last < first / 3  # train loss fell
-    model, meta, plan = load_model(trained / "ck" / "lenet5-digits.pt")
+    model, meta, plan = load_model(baseline_of(trained))
     assert plan is None and meta["macs"] == count_macs_params(model, example_input(meta))[0]
 
 
@@ -36,7 +36,7 @@ def test_quickstart_runs_end_to_end_with_wandb_offline(tmp_path):
     proc = run_cli("search.py", *paths(tmp_path), *FAST_SEARCH, "trainer.epochs=12", "finetune.epochs=4",
                    "logger.mode=offline")
     run = only_run(tmp_path, "search")
-    assert (tmp_path / "ck" / "lenet5-digits.pt").is_file()
+    assert baseline_of(tmp_path).is_file()
     for name in ("evaluations.json", "evaluations.csv", "generations.csv", "pareto.json", "best_plan.json",
                  "state.json", "fitness.png", "pareto.png", "keep_ratios.png", "finetune/results.md"):
         assert (run / name).is_file(), name

@@ -13,17 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, run_cli
+from helpers import REPO, baseline_of, run_cli
 
-TRAINED = ["trainer.epochs=12"]  # the `trained` fixture's recipe: its baseline is the default one for these runs
 SEARCH = ["optimizer.params.population=24", "optimizer.params.generations=30", "fitness.calib_samples=512",
-          "then_finetune=false", "logger.mode=disabled", *TRAINED]
-
-
-def baseline_of(root: Path) -> Path:
-    """The `trained` fixture's baseline (default path: <ck>/lenet5-digits-<key>.pt)."""
-    (path,) = (root / "ck").glob("lenet5-digits-*.pt")
-    return path
+          "then_finetune=false", "logger.mode=disabled"]
 
 
 def comparable(records: list[dict]) -> list[dict]:
@@ -159,11 +152,11 @@ def test_bad_input_is_one_clear_line(case, tmp_path, trained):
 def test_plan_removing_every_channel_is_refused(trained, tmp_path):
     out = [f"paths.checkpoints={trained / 'ck'}", f"paths.output_root={tmp_path}"]
     run_cli("search.py", *out, "optimizer=ga", "optimizer.params.population=8", "optimizer.params.generations=1",
-            "fitness=taylor_proxy", "then_finetune=false", "logger.mode=disabled", *TRAINED)
+            "fitness=taylor_proxy", "then_finetune=false", "logger.mode=disabled")
     run = next((tmp_path / "search").iterdir())
     front = json.loads((run / "pareto.json").read_text())
     front[0]["plan"]["units"][0]["keep"] = []
     (run / "pareto.json").write_text(json.dumps(front))
-    proc = run_cli("finetune.py", *out, f"search_dir={run}", "pick=all", "logger.mode=disabled", *TRAINED, check=False)
+    proc = run_cli("finetune.py", *out, f"search_dir={run}", "pick=all", "logger.mode=disabled", check=False)
     assert proc.returncode == 2
     assert "removes every channel of unit 'conv1'" in proc.stderr, proc.stderr[-2000:]
