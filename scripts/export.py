@@ -53,7 +53,7 @@ def check_inputs(meta: dict, args: argparse.Namespace):
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    from gaprune.deploy.export import export_checkpoint
+    from gaprune.engine.export import export_checkpoint
     from gaprune.deploy.latency import LatencySettings
     from gaprune.engine.checkpoint import read_checkpoint
 

@@ -44,15 +44,22 @@ def collect(paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any] | N
 
 def table(rows: list[dict[str, Any]], baseline: dict[str, Any] | None, title: str) -> str:
     sparse = any("sparsity" in r for r in rows)
-    head = ["method", "top-1 (%)", "Δ vs baseline", "MACs red.", "params red."] + (["sparsity"] if sparse else [])
+    timed = any("speedup" in r for r in rows)  # measured latency (finetune.latency): speedup columns
+    head = (["method", "top-1 (%)", "Δ vs baseline", "MACs red.", "params red."] + (["sparsity"] if sparse else [])
+            + (["latency (ms)", "speedup", "speedup @throughput batch"] if timed else []))
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if baseline:
-        lines.append(f"| baseline | {100 * baseline['test_acc']:.2f} | - | - | - |" + (" - |" if sparse else ""))
+        lines.append(f"| baseline | {100 * baseline['test_acc']:.2f} | - | - | - |" + (" - |" if sparse else "")
+                     + (f" {baseline['latency_ms']:.3f} | - | - |" if timed and "latency_ms" in baseline else
+                        " - | - | - |" if timed else ""))
     for r in sorted(rows, key=lambda r: -r["test_acc"]):
         cells = [r["method"], f"{100 * r['test_acc']:.2f}", f"{100 * r.get('test_acc_delta', 0):+.2f}",
                  f"{100 * r['macs_reduction']:.1f}%", f"{100 * r['params_reduction']:.1f}%"]
         if sparse:
             cells.append(f"{100 * r['sparsity']:.1f}%" if "sparsity" in r else "-")
+        if timed:
+            cells += ([f"{r['latency_ms']:.3f}", f"{r['speedup']:.2f}x", f"{r['throughput_speedup']:.2f}x"]
+                      if "speedup" in r else ["-", "-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

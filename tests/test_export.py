@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gaprune.deploy import export as export_module
-from gaprune.deploy.export import EXTRA_MISSING, export_checkpoint
+from gaprune.deploy.export import EXTRA_MISSING
+from gaprune.engine.export import export_checkpoint
 from gaprune.deploy.latency import LatencySettings
 from gaprune.engine.checkpoint import save_checkpoint
 from gaprune.models import build_model

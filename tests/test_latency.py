@@ -171,3 +171,19 @@ def test_config_keys_compose_and_validate():
         validate_latency(_compose("pick=target_latency"))
     with pytest.raises(GapruneError, match="latency_lut"):
         validate_latency(_compose("optimizer.objectives=[proxy,latency]", "latency_lut.clock=sundial"))
+
+
+def test_paper_report_shows_speedup_columns():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("report", Path(__file__).resolve().parents[1] / "scripts" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    row = {"method": "nsga2", "test_acc": 0.9, "test_acc_delta": -0.01, "macs_reduction": 0.7, "params_reduction": 0.6,
+           "latency_ms": 1.0, "speedup": 2.5, "throughput_speedup": 3.0}
+    text = report.table([row], {"test_acc": 0.91, "latency_ms": 2.5}, "t")
+    lines = text.splitlines()
+    assert "speedup" in lines[2] and lines[4].endswith("| 2.500 | - | - |") and lines[5].endswith("| 2.50x | 3.00x |")
+    assert "speedup" not in report.table([{k: v for k, v in row.items() if "latency" not in k and "speedup" not in k}],
+                                         {"test_acc": 0.91}, "t")

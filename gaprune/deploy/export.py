@@ -1,16 +1,15 @@
-"""Export of a gaprune checkpoint (baseline, pruned or weight-masked) to ONNX and TorchScript,
-checked against the PyTorch model and timed.
+"""Export of a (pruned) model to ONNX and TorchScript, checked against the PyTorch model and
+timed. `gaprune.engine.export.export_checkpoint` rebuilds a checkpoint and calls `export_model`.
 
 Invariants:
-- the model is rebuilt from its checkpoint (`load_model`: baseline architecture + plan, never
-  unpickled) and exported in eval mode on CPU; both formats take `input` (N, C, H, W) with a
+- the model is exported in eval mode on CPU; both formats take `input` (N, C, H, W) with a
   dynamic batch dimension and return `logits` (N, classes);
 - ONNX is written with `torch.onnx.export(..., opset_version >= 17, dynamo=False)` (the
   TorchScript-based exporter: it needs only `onnx`) and checked with `onnx.checker`; TorchScript
   with `torch.jit.trace` (every gaprune model is a static graph);
 - files are written atomically (serialised in memory, then `atomic_write_bytes`);
 - `check_exports` runs each export on the given (real) inputs and reports the max abs logit
-  difference from the PyTorch model (onnxruntime for ONNX, CPU provider); `export_checkpoint`
+  difference from the PyTorch model (onnxruntime for ONNX, CPU provider); `export_model`
   fails with a one-line GapruneError when a difference exceeds `tolerance` (default 1e-4);
 - ONNX needs the optional `[export]` extra (onnx, onnxruntime); without it `require_export_extra`
   raises one line naming the install command, and the base install never imports them.
@@ -29,7 +28,6 @@ import torch
 import torch.nn as nn
 
 from gaprune.deploy.latency import LatencySettings, clock_threads, latency_fields, time_callable
-from gaprune.engine.checkpoint import example_input, load_model
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.io import atomic_write_bytes
 
@@ -144,31 +142,29 @@ class ExportReport:
         return out
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, inputs: torch.Tensor,
-                      formats: Sequence[str] = FORMATS, opset: int = MIN_OPSET, tolerance: float = 1e-4,
-                      latency: LatencySettings | None = None) -> ExportReport:
-    """Rebuild `checkpoint`, write <out_dir>/<stem>.onnx / .ts, check them on `inputs`, time them."""
+def export_model(model: nn.Module, example: torch.Tensor, stem: str | Path, inputs: torch.Tensor,
+                 formats: Sequence[str] = FORMATS, opset: int = MIN_OPSET, tolerance: float = 1e-4,
+                 latency: LatencySettings | None = None, source: str = "") -> ExportReport:
+    """Write <stem>.onnx / <stem>.ts of `model` (input shaped like `example`), check them on `inputs`, time them."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise GapruneError(f"unknown export format(s) {unknown or formats}; choose from {', '.join(FORMATS)}")
     if "onnx" in formats:
         require_export_extra()  # before any file is written
-    model, meta, _ = load_model(checkpoint)
     model = model.cpu().eval()
-    example = example_input(meta)
     if tuple(inputs.shape[1:]) != tuple(example.shape[1:]):
-        raise GapruneError(f"inputs of shape {tuple(inputs.shape[1:])} do not fit the checkpoint's "
+        raise GapruneError(f"inputs of shape {tuple(inputs.shape[1:])} do not fit the model's "
                            f"{tuple(example.shape[1:])}")
-    stem = Path(out_dir) / Path(checkpoint).stem
+    stem = Path(stem)
     files: dict[str, Path] = {}
     if "onnx" in formats:
-        files["onnx"] = export_onnx(model, example, stem.with_suffix(".onnx"), opset)
+        files["onnx"] = export_onnx(model, example, stem.with_name(stem.name + ".onnx"), opset)
     if "torchscript" in formats:
-        files["torchscript"] = export_torchscript(model, example, stem.with_suffix(".ts"))
+        files["torchscript"] = export_torchscript(model, example, stem.with_name(stem.name + ".ts"))
     diffs = check_exports(model, files, inputs)
     bad = {fmt: diff for fmt, diff in diffs.items() if not diff <= tolerance}
     if bad:
         raise GapruneError(f"exported model differs from PyTorch by {bad} (> {tolerance}) on real inputs; "
                            "the export is not trustworthy for this model")
     timings = time_exports(model, files, example, latency) if latency is not None else {}
-    return ExportReport(str(checkpoint), {k: str(v) for k, v in files.items()}, diffs, int(inputs.shape[0]), timings)
+    return ExportReport(source or str(stem), {k: str(v) for k, v in files.items()}, diffs, int(inputs.shape[0]), timings)

@@ -92,9 +92,10 @@ def clock_threads(clock: str = "wall") -> int:
 
 
 def time_callable(fn: Callable[[], Any], warmup: int = 3, repeats: int = 7, min_block_s: float = 0.01,
-                  clock: str = "wall") -> tuple[float, int]:
+                  clock: str = "wall", stat: str = "median") -> tuple[float, int]:
     """(median seconds per call, calls per block) of `fn` with torch.utils.benchmark; `clock=cpu`
-    times the calling thread's CPU time on 1 thread (time lost to other processes is not counted)."""
+    times the calling thread's CPU time on 1 thread (time lost to other processes is not counted);
+    `stat=min` takes the fastest block instead of the median (benchmarks on a noisy machine)."""
     extra = {"timer": time.thread_time} if clock == "cpu" else {}
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=clock_threads(clock), **extra)
     for _ in range(max(0, warmup)):
@@ -102,11 +103,12 @@ def time_callable(fn: Callable[[], Any], warmup: int = 3, repeats: int = 7, min_
     first = timer.timeit(1).mean
     number = max(1, int(min_block_s / max(first, 1e-7)))
     means = [timer.timeit(number).mean for _ in range(max(1, repeats))]
-    return float(statistics.median(means)), number
+    return float(min(means) if stat == "min" else statistics.median(means)), number
 
 
 def measure_latency(model: nn.Module, example: torch.Tensor, batch: int, device: torch.device | str,
-                    warmup: int = 3, repeats: int = 7, min_block_s: float = 0.01, clock: str = "wall") -> Timing:
+                    warmup: int = 3, repeats: int = 7, min_block_s: float = 0.01, clock: str = "wall",
+                    stat: str = "median") -> Timing:
     """Median per-forward time of `model` on `batch` inputs shaped like `example`, on `device`."""
     device = torch.device(device)
     was_training = model.training
@@ -124,7 +126,7 @@ def measure_latency(model: nn.Module, example: torch.Tensor, batch: int, device:
             return model(x)
 
     try:
-        seconds, number = time_callable(forward, warmup, repeats, min_block_s, clock)
+        seconds, number = time_callable(forward, warmup, repeats, min_block_s, clock, stat)
     finally:
         model.train(was_training).to(old_device)
     return Timing(seconds, int(batch), clock_threads(clock), device_name(device), number, int(repeats), clock)

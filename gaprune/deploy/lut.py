@@ -115,7 +115,7 @@ def _layer(op: LayerOp, cin: int, cout: int) -> tuple[nn.Module, tuple[int, ...]
     return nn.BatchNorm2d(cin), (cin, *g["hw"])
 
 
-def _time_layer(op: LayerOp, cin: int, cout: int, batch: int, device, repeats: int, clock: str) -> float:
+def _time_layer(op: LayerOp, cin: int, cout: int, batch: int, device, repeats: int, clock: str, stat: str) -> float:
     layer, shape = _layer(op, cin, cout)
     layer.eval().to(device)
     x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(0)).to(device)
@@ -124,7 +124,7 @@ def _time_layer(op: LayerOp, cin: int, cout: int, batch: int, device, repeats: i
         with torch.inference_mode():
             return layer(x)
 
-    return 1e6 * time_callable(forward, warmup=2, repeats=repeats, min_block_s=0.004, clock=clock)[0]
+    return 1e6 * time_callable(forward, warmup=2, repeats=repeats, min_block_s=0.004, clock=clock, stat=stat)[0]
 
 
 class LatencyLUT:
@@ -138,24 +138,37 @@ class LatencyLUT:
     @classmethod
     def measure(cls, model: nn.Module, units: Sequence[PrunableUnit], example: torch.Tensor, device,
                 batch: int = 1, repeats: int = 5, fractions: Sequence[float] = FRACTIONS,
-                meta: dict[str, Any] | None = None, clock: str = "wall") -> "LatencyLUT":
+                meta: dict[str, Any] | None = None, clock: str = "wall", stat: str = "median",
+                rounds: int = 1) -> "LatencyLUT":
+        """Time every grid point (and the full model) `rounds` times, round-robin over all layers,
+        and keep the min (`stat=min`) or median per point: slow spells of a shared machine then
+        hit one round of a point, not a whole layer."""
         device = torch.device(device)
+        combine = np.min if stat == "min" else np.median
         clock = clock if device.type == "cpu" else "wall"
         ops = trace_ops(model, units, example)
-        tables: dict[str, dict[str, Any]] = {}
+        grids: dict[str, tuple[LayerOp, list[int], list[int]]] = {}
         for op in ops:
-            key = op.key()
-            if key in tables:
-                continue
             ins = grid(op.in_width, fractions) if op.in_unit >= 0 else [op.in_width]
             depthwise = op.kind == "bn" or (op.kind == "conv" and op.geometry["depthwise"])
             outs = [0] if depthwise else grid(op.out_width, fractions) if op.out_unit >= 0 else [op.out_width]
-            values = np.array([[_time_layer(op, i, o, batch, device, repeats, clock) for o in outs] for i in ins])
+            grids.setdefault(op.key(), (op, ins, outs))
+        samples: dict[str, list[np.ndarray]] = {key: [] for key in grids}
+        base_samples = []
+        for _ in range(max(1, int(rounds))):
+            for key, (op, ins, outs) in grids.items():
+                samples[key].append(np.array([[_time_layer(op, i, o, batch, device, repeats, clock, stat)
+                                               for o in outs] for i in ins]))
+            base_samples.append(measure_latency(model, example, batch, device, repeats=max(repeats, 7), clock=clock,
+                                                stat=stat).seconds)
+        tables: dict[str, dict[str, Any]] = {}
+        for key, (op, ins, outs) in grids.items():
+            values = combine(np.stack(samples[key]), axis=0)
             values = np.maximum.accumulate(np.maximum.accumulate(values, axis=0), axis=1)
             tables[key] = {"ins": ins, "outs": outs, "us": values.tolist()}
-        base = measure_latency(model, example, batch, device, repeats=max(repeats, 7), clock=clock)
-        return cls(ops, tables, 1e6 * base.seconds,
-                   {**(meta or {}), "batch": int(batch), "fractions": list(fractions), "clock": clock})
+        return cls(ops, tables, 1e6 * float(combine(base_samples)),
+                   {**(meta or {}), "batch": int(batch), "fractions": list(fractions), "clock": clock, "stat": stat,
+                    "rounds": int(rounds)})
 
     def layer_us(self, op: LayerOp, cin: float, cout: float) -> float:
         table = self.tables[op.key()]
