@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 
 import numpy as np
 import pytest
@@ -20,11 +21,13 @@ from gaprune.models import build_model
 from gaprune.pipeline.layerwise import STATE
 from gaprune.pruning.masking import apply_masks_permanently, masked_weights
 from gaprune.pruning.plan import SparsePlan
-from gaprune.search.layerwise.evaluate import LayerEvaluator, model_accuracy
-from gaprune.search.layerwise.ga import (LayerwiseResult, WeightMaskConfig, evolve_layer, forward_order, layer_seed,
-                                         resolve_layers, search_layers)
+from gaprune.search.layerwise.evaluate import LayerEvaluator
+from gaprune.search.layerwise.ga import (LayerwiseResult, WeightMaskConfig, evolve_layer, forward_order, layer_optimizer,
+                                         layer_seed, resolve_layers, search_layers)
+from gaprune.search.layerwise.problem import LayerProblem
+from gaprune.search.optimizers import OPTIMIZERS, BitIndividual, Optimizer
 from gaprune.utils.errors import GapruneError
-from helpers import run_cli
+from helpers import baseline_of, run_cli
 
 LENET_LAYERS = ["conv1", "conv2", "fc1", "fc2", "fc3"]
 
@@ -41,7 +44,7 @@ def calib(digits):
 
 @pytest.fixture()
 def lenet(trained):  # noqa: F811
-    model, _, _ = load_model(trained / "ck" / "lenet5-digits.pt")
+    model, _, _ = load_model(baseline_of(trained))
     return model
 
 
@@ -49,6 +52,10 @@ def small(**overrides) -> WeightMaskConfig:
     params = dict(population=12, generations=6, keep_prob=0.7, mutpb=0.01, chunk=6)
     params.update(overrides)
     return WeightMaskConfig.from_params(params)
+
+
+def model_accuracy(model, batches) -> float:
+    return evaluate(model, batches)["acc"]
 
 
 def without_time(rows):
@@ -100,11 +107,58 @@ def test_ga_on_one_layer_improves_fitness(lenet, calib):
     summary = outcome.summary
     assert summary["sparsity"] == pytest.approx(1 - mask.float().mean().item())
     assert summary["fitness"] == pytest.approx(config.w_acc * summary["acc_ga"] + config.w_sparsity * summary["sparsity"])
-    assert summary["evaluations"] <= 12 + 10 * 10  # elites are not re-evaluated
+    assert summary["evaluations"] <= 12 + 10 * 10  # population - elite offspring per generation; survivors are not re-evaluated
     with masked_weights(lenet, {"fc1": mask}):
         assert evaluate(lenet, calib)["acc"] == pytest.approx(summary["acc_ga"])
     for key, value in lenet.state_dict().items():  # evolve_layer leaves the model alone
         assert torch.equal(value, before[key]), key
+
+
+def test_layer_ga_runs_on_the_shared_optimizer(lenet, calib, monkeypatch):
+    """The per-layer GA is the registry's "ga" driven through Optimizer.run on the layer's problem."""
+    runs = []
+    run = Optimizer.run
+
+    def spy(self, on_generation, state=None):
+        runs.append(self)
+        return run(self, on_generation, state)
+
+    monkeypatch.setattr(Optimizer, "run", spy)
+    config = small(generations=3)
+    outcome = evolve_layer(lenet, "fc2", calib, config, seed=0, progress=False)
+    (optimizer,) = runs
+    assert type(optimizer) is OPTIMIZERS.get("ga") and isinstance(optimizer.problem, LayerProblem)
+    encoding = optimizer.encoding
+    assert (encoding.n_real, encoding.n_discrete, encoding.choices, optimizer.bits) == (0, 84 * 120, 2, True)
+    cfg = optimizer.config
+    assert (cfg.population, cfg.generations, cfg.offspring, cfg.elite) == (12, 3, 10, config.elite)
+    assert (cfg.mutpb, optimizer.indpb, cfg.cxpb, cfg.tournament) == (1.0, config.mutpb, config.cxpb, config.tournament)
+    ones, magnitude = optimizer.seeds  # generation 0 starts with the all-ones and the magnitude mask
+    assert ones.all() and 1 - magnitude.mean() == pytest.approx(1 - config.keep_prob, abs=1e-3)
+    assert outcome.rows[0]["best_fitness"] >= config.w_acc * model_accuracy(lenet, calib)  # the all-ones seed
+    assert outcome.summary["evaluations"] == len(optimizer.problem.records)
+
+
+def test_layer_ga_state_resumes_exactly(lenet, calib):
+    """Optimizer.to_state / from_state (through JSON) on bit genomes: the resumed run repeats the rest."""
+    config = small(generations=4)
+
+    def fresh():
+        problem = LayerProblem(LayerEvaluator(lenet, "fc2", calib, config.chunk), config.keep_prob, config.w_acc,
+                               config.w_sparsity)
+        return problem, layer_optimizer(problem, config, seeds=[problem.encoding.full_genome()])
+
+    problem, optimizer = fresh()
+    states = {}
+    random.seed(1)
+    final = optimizer.run(lambda g, pop, _: states.setdefault(g, json.loads(json.dumps(optimizer.to_state(g, pop)))))
+    assert all(isinstance(ind, BitIndividual) for ind in final)
+    assert all(len(json.dumps(item["genome"])) < 3000 for item in states[2]["population"])  # packed 10080 bits
+    _, resumed = fresh()
+    random.seed(99)  # the state, not the global seed, drives the rest of the run
+    again = resumed.run(lambda *_: None, state=states[2])
+    assert [np.array(i, dtype=bool).tolist() for i in again] == [np.array(i, dtype=bool).tolist() for i in final]
+    assert [i.fitness.values for i in again] == [i.fitness.values for i in final]
 
 
 def test_deterministic_given_seed(lenet, calib):
@@ -149,7 +203,7 @@ def test_layers_in_sequence_keep_earlier_masks_through_retraining(lenet, calib, 
 
 
 def test_resume_after_a_layer_repeats_the_uninterrupted_run(trained, calib, digits):  # noqa: F811
-    path = trained / "ck" / "lenet5-digits.pt"
+    path = baseline_of(trained)
     config = small(generations=3, retrain_epochs=1)
     layers = ["conv2", "fc2"]
     full_model = load_model(path)[0]
@@ -250,7 +304,7 @@ def test_search_py_weight_mask_end_to_end_and_resume(trained, tmp_path):  # noqa
     assert summary["sparse_params"] == summary["baseline_params"] - sum(int((~m).sum()) for m in plan.masks.values())
     assert summary["val_acc"] > 0.5 and summary["test_acc"] > 0.5 and summary["calib_acc"] > 0.5
     model, meta, _ = load_model(run / "masked_model.pt", expect_model="lenet5")
-    base = load_model(trained / "ck" / "lenet5-digits.pt")[0]
+    base = load_model(baseline_of(trained))[0]
     for name, mask in plan.masks.items():  # no retrain: exactly the baseline times the masks
         assert torch.equal(model.get_submodule(name).weight, base.get_submodule(name).weight * mask)
     assert SparsePlan.from_json(meta["sparse"]["plan"]).signature() == plan.signature()
@@ -280,7 +334,7 @@ def test_search_py_single_layer_with_retrain(trained, tmp_path):  # noqa: F811
     assert summary["layers"] == ["fc2"] and summary["val_acc"] is None and summary["per_layer"][0]["retrain_seconds"] > 0
     plan = SparsePlan.from_json(json.loads((run / "weight_masks.json").read_text()))
     model = load_model(run / "masked_model.pt")[0]
-    base = load_model(trained / "ck" / "lenet5-digits.pt")[0]
+    base = load_model(baseline_of(trained))[0]
     mask = plan.masks["fc2"]
     assert torch.all(model.fc2.weight[~mask] == 0)  # pruned stays pruned through the retrain
     assert not torch.equal(model.fc1.weight, base.fc1.weight)  # ... which did train the network

@@ -1,7 +1,11 @@
 """search.py's job for searcher=layerwise_weight_mask (unstructured, one layer at a time): run dir
 and resume, calibration data, optional retrain between layers, per-layer checkpoints
 (layerwise_state.pt), tables (layers.json/csv, layer_results.json), plot, weight_masks.json,
-masked_model.pt and search_summary.json. The per-layer GA is `gaprune.search.layerwise`."""
+masked_model.pt and search_summary.json. The per-layer GA is `gaprune.search.layerwise`.
+
+Invariants: layerwise_state.pt is rewritten after every finished layer (its mask, results, rows
+and the model's weights after it); resuming with the same layers and seed skips the finished
+layers and ends with the masks and tables (timings aside) of the uninterrupted run."""
 from __future__ import annotations
 
 import time
@@ -20,8 +24,7 @@ from gaprune.pipeline.finetune import open_job
 from gaprune.pipeline.setup import loader, make_logger, open_run, plain, train_config, train_loader
 from gaprune.pruning.cost import SparseCostModel
 from gaprune.pruning.masking import apply_masks_permanently, sparse_layers
-from gaprune.search.layerwise import (LayerwiseResult, WeightMaskConfig, layer_seed, model_accuracy, resolve_layers,
-                                      search_layers)
+from gaprune.search.layerwise import LayerwiseResult, WeightMaskConfig, layer_seed, resolve_layers, search_layers
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.io import atomic_torch_save, read_torch_file, write_csv, write_json
 from gaprune.utils.plots import plot_layerwise
@@ -49,7 +52,7 @@ def run_layerwise_search(cfg: DictConfig) -> dict[str, Any]:
     cost = SparseCostModel(model, layers, x0)
     model.to(device)
     calib = list(loader(bundle, "val", config.batch_size, device, limit=config.calib_samples))
-    baseline_calib = model_accuracy(model, calib)
+    baseline_calib = evaluate(model, calib)["acc"]
 
     done = None
     if run.resuming:
@@ -102,7 +105,7 @@ def run_layerwise_search(cfg: DictConfig) -> dict[str, Any]:
 
     plan = result.plan()
     macs, params = cost.cost(plan)
-    final_calib = model_accuracy(model, calib)
+    final_calib = evaluate(model, calib)["acc"]
     val_acc = test_acc = None
     if config.final_eval:
         val_acc = evaluate(model, loader(bundle, "val", config.batch_size, device))["acc"]

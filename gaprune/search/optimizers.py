@@ -1,7 +1,17 @@
 """DEAP optimizers over an encoding: elitist GA, NSGA-II, and random search at equal budget.
 
-All three share one loop shape so each generation can be checkpointed and resumed exactly:
-the state after generation g holds the population, the archive and the `random` module's state.
+Invariants:
+- All three share one loop shape (`Optimizer.run`) so each generation can be checkpointed and
+  resumed exactly: the state after generation g holds the population and the `random` module's
+  state. Every random draw (selection, variation, random genomes) comes from `random`, so seeding
+  it fixes the run and `to_state` / `from_state` repeat it.
+- A genome is `n_real` real genes in [low, high] followed by `n_discrete` genes in
+  {0, ..., choices - 1}. Real genes: SBX crossover + bounded polynomial mutation; discrete genes:
+  uniform crossover (0.5 per gene) + mutation to a different value with probability `indpb` per gene.
+- Encodings with `bit_genome = True` (n_real == 0, choices == 2, e.g. one bit per weight of a layer,
+  `gaprune.search.layerwise`) hold genomes as numpy bool arrays (`BitIndividual`): the same
+  operators, vectorised (their numpy generators are seeded from `random`), so 10^4..10^6 genes stay fast.
+- `seeds` are the first members of generation 0; the rest is random.
 """
 from __future__ import annotations
 
@@ -9,6 +19,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from deap import base, tools
 
 from gaprune.search.problem import Problem
@@ -22,8 +33,42 @@ class Individual(list):
     fitness: base.Fitness
 
 
+class BitIndividual:
+    """A 0/1 genome held as a flat numpy bool array, with a DEAP fitness (`bit_genome` encodings)."""
+
+    __slots__ = ("bits", "fitness")
+
+    def __init__(self, bits: Any) -> None:
+        self.bits = np.array(bits, dtype=bool).ravel()  # always a copy
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self.bits if dtype is None else self.bits.astype(dtype, copy=False)
+        return out.copy() if copy else out
+
+    def __len__(self) -> int:
+        return len(self.bits)
+
+    def __iter__(self):
+        return iter(self.bits.astype(float).tolist())
+
+
+def _numpy_rng() -> np.random.Generator:
+    """A numpy generator seeded from `random` (which alone carries the optimizer's random state)."""
+    return np.random.default_rng(random.getrandbits(64))
+
+
+def _flip_positions(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
+    """Indices to flip with per-gene probability p: Binomial count, then positions (O(flips))."""
+    k = int(rng.binomial(n, p)) if p > 0 else 0
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if k > n // 8:
+        return np.flatnonzero(rng.random(n) < p)
+    return np.unique(rng.integers(0, n, k))
+
+
 def fitness_class(weights: tuple[float, ...]) -> type[base.Fitness]:
-    """A DEAP fitness type with these objective weights (shared with the layer-wise GA)."""
+    """A DEAP fitness type with these objective weights."""
     return type("Fitness", (base.Fitness,), {"weights": weights})
 
 
@@ -38,7 +83,7 @@ class OptimizerConfig:
     elite: int = 2
     eta_cx: float = 15.0
     eta_mut: float = 20.0
-    indpb: float | None = None  # per-gene mutation probability; defaults to 1 / genome size
+    indpb: float | None = None  # per-gene mutation probability of a mutated genome; defaults to 1 / genome size
 
     def validate(self, name: str) -> None:
         if self.population < 2:
@@ -52,25 +97,34 @@ class OptimizerConfig:
             )
         if name == "ga" and not 0 <= self.elite < self.population:
             raise GapruneError(f"optimizer.params.elite={self.elite} must be in [0, population)")
-        for key in ("cxpb", "mutpb"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise GapruneError(f"optimizer.params.{key}={getattr(self, key)} must be a probability in [0, 1]")
+        for key in ("cxpb", "mutpb", "indpb"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise GapruneError(f"optimizer.params.{key}={value} must be a probability in [0, 1]")
 
 
 GenerationCallback = Callable[[int, list[Individual], list[Individual]], None]
 
 
 class Optimizer:
-    """Shared plumbing: variation operators, evaluation, checkpointable state."""
+    """Shared plumbing: variation operators, evaluation, checkpointable state.
+
+    `problem`: a `gaprune.search.problem.Problem` or anything shaped like it: `encoding` (the genome
+    layout) and `evaluate(genomes, generation)` -> one record per genome with a "score" (NSGA-II also
+    uses `weights` and `values(record)`), e.g. `gaprune.search.layerwise.problem.LayerProblem`."""
 
     name = "base"
 
     def __init__(self, problem: Problem, config: OptimizerConfig, seeds: Sequence[Sequence[float]] = ()) -> None:
         config.validate(self.name)
-        self.seeds = [list(genome) for genome in seeds][: config.population]  # first members of generation 0
         self.problem = problem
         self.config = config
         self.encoding = problem.encoding
+        self.bits = bool(getattr(self.encoding, "bit_genome", False))
+        if self.bits and (self.encoding.n_real or self.encoding.choices != 2):
+            raise GapruneError(f"{type(self.encoding).__name__}: bit genomes need n_real == 0 and choices == 2")
+        copy = (lambda genome: np.array(genome, dtype=bool)) if self.bits else list
+        self.seeds = [copy(genome) for genome in seeds][: config.population]  # first members of generation 0
         self.fitness_cls = fitness_class(self.fitness_weights())
         size = self.encoding.size
         self.indpb = config.indpb if config.indpb is not None else 1.0 / max(1, size)
@@ -83,7 +137,7 @@ class Optimizer:
 
     # --- individuals -------------------------------------------------------------------------
     def make(self, genes: Sequence[float]) -> Individual:
-        ind = Individual(genes)
+        ind = BitIndividual(genes) if self.bits else Individual(genes)
         ind.fitness = self.fitness_cls()
         return ind
 
@@ -103,6 +157,11 @@ class Optimizer:
 
     # --- variation ---------------------------------------------------------------------------
     def mate(self, a: Individual, b: Individual) -> None:
+        if self.bits:  # uniform crossover, 0.5 per bit
+            swap = np.unpackbits(_numpy_rng().integers(0, 256, (len(a) + 7) // 8, dtype=np.uint8))[:len(a)].view(bool)
+            a.bits, b.bits = np.where(swap, b.bits, a.bits), np.where(swap, a.bits, b.bits)
+            del a.fitness.values, b.fitness.values
+            return
         n = self.encoding.n_real
         ra, rb = list(a[:n]), list(b[:n])
         if ra:
@@ -114,6 +173,10 @@ class Optimizer:
         del a.fitness.values, b.fitness.values
 
     def mutate(self, ind: Individual) -> None:
+        if self.bits:  # bit flips with probability indpb each
+            ind.bits[_flip_positions(_numpy_rng(), len(ind), self.indpb)] ^= True
+            del ind.fitness.values
+            return
         n = self.encoding.n_real
         reals = list(ind[:n])
         if reals:
@@ -155,13 +218,21 @@ class Optimizer:
         return {
             "optimizer": self.name,
             "generation": generation,
-            "population": [{"genome": list(ind), "fitness": list(ind.fitness.values),
+            "population": [{"genome": self._genome_json(ind), "fitness": list(ind.fitness.values),
                             "crowding_dist": getattr(ind.fitness, "crowding_dist", None)} for ind in population],
             "random_state": _random_state_to_json(random.getstate()),
         }
 
+    def _genome_json(self, ind: Individual) -> Any:
+        if self.bits:  # packed: a 10^5-bit genome stays a short string
+            return {"size": len(ind), "packed": np.packbits(ind.bits).tobytes().hex()}
+        return list(ind)
+
     def from_state(self, item: dict[str, Any]) -> Individual:
-        ind = self.make(item["genome"])
+        genome = item["genome"]
+        if isinstance(genome, dict):
+            genome = np.unpackbits(np.frombuffer(bytes.fromhex(genome["packed"]), np.uint8))[:genome["size"]]
+        ind = self.make(genome)
         ind.fitness.values = tuple(item["fitness"])
         if item.get("crowding_dist") is not None:
             ind.fitness.crowding_dist = item["crowding_dist"]  # NSGA-II's DCD tournament reads it

@@ -1,13 +1,17 @@
 """Calibration accuracy of many binary masks of one layer, batched per forward pass.
 
-The GA in `gaprune.search.layerwise.ga` scores whole populations, so a chunk of masks is evaluated per
-forward pass: the target layer's forward is swapped for one that runs P masked copies of its
+The layer's problem (`gaprune.search.layerwise.problem`) scores whole populations, so a chunk of
+masks is evaluated per forward pass: the target layer's forward is swapped for one that runs P masked copies of its
 weight at once (grouped conv / batched matmul). Where the network allows it, layers before the
 target run once per batch and only the target's output is expanded P times ("expand" mode);
 otherwise the batch is stacked P times ("stack" mode, worth it on GPUs only); both are checked
 against `masked_weights` on a few samples at the start of each layer, with a plain per-mask loop
 ("loop" mode) as the fallback and the CPU choice for early layers (see
 `LayerEvaluator._choose_mode`).
+
+Invariant: `LayerEvaluator.accuracy(bits)[p]` equals `gaprune.engine.training.evaluate(...)["acc"]` of
+the model under `masked_weights` with mask p on the layer (all modes; tests check it); the model's
+weights and train/eval mode are left as they were.
 """
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gaprune.engine.training import evaluate
 from gaprune.pruning.masking import masked_weights, sparse_layers
 from gaprune.utils.errors import GapruneError
 
@@ -94,7 +97,6 @@ class LayerEvaluator:
         self.shape = tuple(self.weight.shape)
         self.size = self.weight.numel()
         self.total = sum(int(y.numel()) for _, y in self.calib)
-        self.evaluations = 0
         self.mode = mode or self._choose_mode()
 
     # logits (P, N, classes) of the model with mask p applied to the layer
@@ -183,14 +185,5 @@ class LayerEvaluator:
                         correct[lo:lo + len(masks)] += (pred == y.unsqueeze(0)).sum(1).cpu().numpy()
         finally:
             self.model.train(was_training)
-        self.evaluations += len(bits)
         return correct / self.total
 
-
-def model_accuracy(model: nn.Module, calib: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Calibration accuracy (`gaprune.engine.training.evaluate`), the model's train/eval mode kept."""
-    was_training = model.training
-    try:
-        return evaluate(model, calib)["acc"]
-    finally:
-        model.train(was_training)

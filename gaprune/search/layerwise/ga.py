@@ -1,20 +1,25 @@
 """searcher=layerwise_weight_mask: unstructured pruning, one layer at a time.
 
-For each chosen conv / linear layer in forward order, a DEAP GA evolves a binary mask over that
-one layer's weights (one bit per weight): tournament selection, uniform crossover, bit-flip
-mutation, elitism. The initial population holds the all-ones mask, the magnitude mask at
-`keep_prob` and random masks at `keep_prob`. Fitness = w_acc * accuracy of the masked model on a
-calibration subset of validation + w_sparsity * the layer's sparsity. The winning mask is applied
-for good (later layers are searched on the already pruned model), optionally followed by a short
-retrain that re-applies every mask after each optimizer step. Sparsity, not MACs, is the cost
-objective; sparse MACs / params are reported with `SparseCostModel`.
+For each chosen conv / linear layer in forward order, the shared DEAP GA (optimizer "ga" of
+`gaprune.search.optimizers`, through `Optimizer.run`) evolves a binary mask over that one layer's
+weights (one bit per weight, `gaprune.search.layerwise.problem`): tournament selection, uniform
+crossover, bit-flip mutation, hall-of-fame elites. The initial population holds the all-ones mask,
+the magnitude mask at `keep_prob` (the optimizer's seeds) and random masks at `keep_prob`.
+Fitness = w_acc * accuracy of the masked model on a calibration subset of validation + w_sparsity *
+the layer's sparsity. The winning mask is applied for good (later layers are searched on the
+already pruned model), optionally followed by a short retrain that re-applies every mask after
+each optimizer step. Sparsity, not MACs, is the cost objective; sparse MACs / params are reported
+with `SparseCostModel`.
 
-Fitness is evaluated for a chunk of the population per forward pass (`gaprune.search.layerwise.evaluate`);
-`gaprune.pipeline.layerwise` is the search.py job (run dir, resume, tables, plot, checkpoint).
+Invariants: `evolve_layer` leaves the model unchanged; layer i's GA draws only from `random`
+seeded with `layer_seed(seed, i)` (and the retrain after it from torch seeded the same way), so a
+run is deterministic given its seed and a run resumed after its k-th layer (`search_layers(done=...)`
+on that run's weights) repeats the uninterrupted one. Masks are scored a chunk per forward pass
+(`gaprune.search.layerwise.evaluate`); `gaprune.pipeline.layerwise` is the search.py job (run dir,
+resume, tables, plot, checkpoint).
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,10 +31,12 @@ import torch.nn as nn
 from deap import tools
 from tqdm.auto import tqdm
 
+from gaprune.engine.training import evaluate
 from gaprune.pruning.masking import apply_masks_permanently, magnitude_masks, sparse_layers
 from gaprune.pruning.plan import SparsePlan
-from gaprune.search.layerwise.evaluate import LayerEvaluator, model_accuracy
-from gaprune.search.optimizers import fitness_class
+from gaprune.search.layerwise.evaluate import LayerEvaluator
+from gaprune.search.layerwise.problem import LayerProblem
+from gaprune.search.optimizers import Optimizer, build_optimizer
 from gaprune.utils.errors import GapruneError
 
 
@@ -136,53 +143,20 @@ def resolve_layers(model: nn.Module, spec: Any, example: torch.Tensor) -> list[s
 
 
 # --------------------------------------------------------------------------------------------
-# the per-layer GA
+# the per-layer GA: the shared optimizer "ga" on the layer's problem
 # --------------------------------------------------------------------------------------------
-_Fitness = fitness_class((1.0,))  # the optimizers' DEAP fitness type, one maximised objective
-
-
-class MaskIndividual:
-    """A layer mask (flat bool array) with a DEAP fitness; accuracy/sparsity kept for the log."""
-
-    __slots__ = ("bits", "fitness", "acc")
-
-    def __init__(self, bits: np.ndarray) -> None:
-        self.bits = bits
-        self.fitness = _Fitness()
-        self.acc = float("nan")
-
-    def clone(self) -> "MaskIndividual":
-        twin = MaskIndividual(self.bits.copy())
-        if self.fitness.valid:
-            twin.fitness.values, twin.acc = self.fitness.values, self.acc
-        return twin
-
-    def key(self) -> bytes:
-        return hashlib.sha1(np.packbits(self.bits).tobytes()).digest()
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - float(self.bits.mean())
-
-
 def layer_seed(seed: int, index: int) -> int:
     """Each layer's GA is seeded on its own, so a resumed run repeats the uninterrupted one."""
     return (int(seed) * 1_000_003 + 7919 * (index + 1)) % (2**31)
 
 
-def _random_bits(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n fair coin flips, 8 per random byte."""
-    return np.unpackbits(rng.integers(0, 256, (n + 7) // 8, dtype=np.uint8))[:n].astype(bool)
-
-
-def _flip_positions(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
-    """Indices to flip with per-bit probability p: Binomial count, then positions (O(flips))."""
-    k = int(rng.binomial(n, p)) if p > 0 else 0
-    if k == 0:
-        return np.empty(0, dtype=np.int64)
-    if k > n // 8:
-        return np.flatnonzero(rng.random(n) < p)
-    return np.unique(rng.integers(0, n, k))
+def layer_optimizer(problem: LayerProblem, config: WeightMaskConfig, seeds: Sequence[np.ndarray] = ()) -> Optimizer:
+    """The registry's GA over the layer's bit genomes: `elite` best of parents + offspring survive,
+    `population - elite` offspring per generation (tournament parents, uniform crossover with
+    probability `cxpb`), every offspring mutated with per-bit flip probability `mutpb`."""
+    return build_optimizer("ga", problem, seeds=seeds, population=config.population, generations=config.generations,
+                           offspring=config.population - config.elite, cxpb=config.cxpb, mutpb=1.0,
+                           indpb=config.mutpb, tournament=config.tournament, elite=config.elite)
 
 
 @dataclass
@@ -198,83 +172,44 @@ def evolve_layer(model: nn.Module, layer: str, calib: Sequence[tuple[torch.Tenso
                  mode: str | None = None) -> LayerOutcome:
     """GA over one layer's weight mask; the model is left unchanged."""
     started = time.perf_counter()
-    rng = np.random.default_rng(layer_seed(seed, index))
-    random.seed(layer_seed(seed, index))  # DEAP's selection draws from `random`
-    evaluator = LayerEvaluator(model, layer, calib, config.chunk, mode)
-    n = evaluator.size
-    cache: dict[bytes, float] = {}
-    stats = {"evaluations": 0, "cache_hits": 0}
-
-    def evaluate(individuals: Sequence[MaskIndividual]) -> None:
-        todo = [ind for ind in individuals if not ind.fitness.valid]
-        keys = [ind.key() for ind in todo]
-        fresh: dict[bytes, MaskIndividual] = {}
-        for ind, key in zip(todo, keys):
-            if key not in cache and key not in fresh:
-                fresh[key] = ind
-        stats["cache_hits"] += len(todo) - len(fresh)
-        if fresh:
-            accs = evaluator.accuracy(np.stack([ind.bits for ind in fresh.values()]))
-            cache.update(zip(fresh, map(float, accs)))
-            stats["evaluations"] += len(fresh)
-        for ind, key in zip(todo, keys):
-            ind.acc = cache[key]
-            ind.fitness.values = (config.w_acc * ind.acc + config.w_sparsity * ind.sparsity,)
-
+    random.seed(layer_seed(seed, index))  # the optimizer draws everything from `random`
+    problem = LayerProblem(LayerEvaluator(model, layer, calib, config.chunk, mode), config.keep_prob,
+                           config.w_acc, config.w_sparsity)
+    n = problem.encoding.size
+    magnitude = magnitude_masks(model, {layer: 1.0 - config.keep_prob})[layer].numpy().ravel()
+    optimizer = layer_optimizer(problem, config, seeds=[problem.encoding.full_genome(), magnitude])
     rows: list[dict[str, Any]] = []
+    bar = tqdm(total=config.generations + 1, desc=f"weight_mask {layer} ({n} w)", unit="gen", leave=False,
+               dynamic_ncols=True, disable=not progress)
 
-    def log(generation: int, population: Sequence[MaskIndividual]) -> dict[str, Any]:
-        best = tools.selBest(population, 1)[0]
-        fits = [ind.fitness.values[0] for ind in population]
+    def log(generation: int, population: Sequence[Any], _offspring: Sequence[Any]) -> None:
+        records = [problem.record_of(ind) for ind in population]
+        best = records[int(np.argmax([ind.fitness.values[0] for ind in population]))]
         row = {"layer": layer, "layer_index": index, "generation": generation,
-               "best_fitness": best.fitness.values[0], "mean_fitness": float(np.mean(fits)),
-               "best_accuracy": best.acc, "best_sparsity": best.sparsity,
-               "mean_accuracy": float(np.mean([ind.acc for ind in population])),
-               "mean_sparsity": float(np.mean([ind.sparsity for ind in population])),
-               "evaluations": stats["evaluations"], "cache_hits": stats["cache_hits"],
+               "best_fitness": best["score"], "mean_fitness": float(np.mean([r["score"] for r in records])),
+               "best_accuracy": best["accuracy"], "best_sparsity": best["sparsity"],
+               "mean_accuracy": float(np.mean([r["accuracy"] for r in records])),
+               "mean_sparsity": float(np.mean([r["sparsity"] for r in records])),
+               "evaluations": len(problem.records), "cache_hits": problem.cache_hits,
                "seconds": time.perf_counter() - started}
         rows.append(row)
         if on_generation is not None:
             on_generation(row)
-        return row
-
-    # initial population: all ones, magnitude at keep_prob, random at keep_prob
-    magnitude = magnitude_masks(model, {layer: 1.0 - config.keep_prob})[layer].numpy().ravel()
-    population = [MaskIndividual(np.ones(n, dtype=bool)), MaskIndividual(magnitude.copy())]
-    population += [MaskIndividual(rng.random(n) < config.keep_prob) for _ in range(config.population - 2)]
-    evaluate(population)
-    bar = tqdm(total=config.generations + 1, desc=f"weight_mask {layer} ({n} w)", unit="gen", leave=False,
-               dynamic_ncols=True, disable=not progress)
-    row = log(0, population)
-    bar.update(1)
-    for generation in range(1, config.generations + 1):
-        elites = [ind.clone() for ind in tools.selBest(population, config.elite)]
-        offspring = [ind.clone() for ind in tools.selTournament(population, config.population - config.elite,
-                                                                 tournsize=config.tournament)]
-        for a, b in zip(offspring[::2], offspring[1::2]):
-            if random.random() < config.cxpb:
-                swap = _random_bits(rng, n)
-                a.bits, b.bits = np.where(swap, b.bits, a.bits), np.where(swap, a.bits, b.bits)
-                del a.fitness.values, b.fitness.values
-        for child in offspring:
-            flips = _flip_positions(rng, n, config.mutpb)
-            if len(flips):
-                child.bits[flips] ^= True
-                if child.fitness.valid:
-                    del child.fitness.values
-        evaluate(offspring)
-        population = elites + offspring
-        row = log(generation, population)
         bar.update(1)
         bar.set_postfix(fit=f"{row['best_fitness']:.4f}", acc=f"{row['best_accuracy']:.3f}",
                         sparsity=f"{row['best_sparsity']:.3f}")
-    bar.close()
-    best = tools.selBest(population, 1)[0]
-    summary = {"layer": layer, "index": index, "weights": n, "kept": int(best.bits.sum()), "sparsity": best.sparsity,
-               "fitness": best.fitness.values[0], "acc_ga": best.acc, "initial_best_fitness": rows[0]["best_fitness"],
-               "generations": config.generations, "evaluations": stats["evaluations"],
-               "cache_hits": stats["cache_hits"], "mode": evaluator.mode, "seconds": time.perf_counter() - started}
-    return LayerOutcome(torch.from_numpy(best.bits.copy()).reshape(evaluator.shape), summary, rows)
+
+    try:
+        population = optimizer.run(log)
+    finally:
+        bar.close()
+    winner = tools.selBest(population, 1)[0]
+    best = problem.record_of(winner)
+    summary = {"layer": layer, "index": index, "weights": n, "kept": best["kept"], "sparsity": best["sparsity"],
+               "fitness": best["score"], "acc_ga": best["accuracy"], "initial_best_fitness": rows[0]["best_fitness"],
+               "generations": config.generations, "evaluations": len(problem.records),
+               "cache_hits": problem.cache_hits, "mode": problem.evaluator.mode, "seconds": time.perf_counter() - started}
+    return LayerOutcome(torch.from_numpy(np.array(winner, dtype=bool)).reshape(problem.evaluator.shape), summary, rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,7 +245,7 @@ def search_layers(model: nn.Module, layers: Sequence[str], calib: Sequence[tuple
         result.masks[layer] = outcome.mask
         apply_masks_permanently(model, result.masks)
         summary = dict(outcome.summary)
-        summary["acc_after_layer"] = model_accuracy(model, calib)
+        summary["acc_after_layer"] = evaluate(model, calib)["acc"]
         summary["retrain_seconds"] = 0.0
         if retrain is not None and config.retrain_epochs > 0:
             start = time.perf_counter()
@@ -318,7 +253,7 @@ def search_layers(model: nn.Module, layers: Sequence[str], calib: Sequence[tuple
             info = retrain(model, result.masks, index) or {}
             apply_masks_permanently(model, result.masks)
             summary["retrain_seconds"] = time.perf_counter() - start
-            summary["acc_after_layer"] = model_accuracy(model, calib)
+            summary["acc_after_layer"] = evaluate(model, calib)["acc"]
             summary.update({f"retrain_{k}": v for k, v in info.items()})
         summary["sparsity_so_far"] = SparsePlan(dict(result.masks)).sparsity()
         result.layers.append(summary)
