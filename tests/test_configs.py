@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from gaprune.data.datasets import DATASETS, load_dataset
-from gaprune.models import MODELS, build_model
+from gaprune.models import MODELS, TORCHVISION_PREFIX, build_model
 from gaprune.oneshot import PRUNERS, build_pruner
 from gaprune.pipeline.search import SEARCHERS
 from gaprune.pipeline.setup import plain, train_config
@@ -53,7 +53,8 @@ def test_registered_groups_name_an_entry_that_constructs(group: str, option: str
     if (group, option) in DEPRECATED:
         SEARCHERS.get("layerwise_weight_mask").options(**params)
         return
-    assert name in REGISTERED[group], f"conf/{group}/{option}.yaml names unregistered '{name}'"
+    registered = name in REGISTERED[group] or (group == "model" and name.startswith(TORCHVISION_PREFIX))
+    assert registered, f"conf/{group}/{option}.yaml names unregistered '{name}'"
     if group == "model":
         assert isinstance(build_model(name, 10, 3, 32, **params), torch.nn.Module)
         assert isinstance(section.include_linear, bool)

@@ -84,8 +84,6 @@ def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear
         root = group.items[0].dep.target.module
         if root not in names:
             continue
-        if isinstance(root, nn.Conv2d) and root.groups > 1 and _unsupported(root) is None:
-            continue  # a depthwise conv follows its producer's unit
         found: dict[tuple[str, str], dict[int, int]] = {}
         dims: dict[str, int] = {}
         reason = None
@@ -122,7 +120,10 @@ def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear
         if reason is not None:
             skipped.append(f"{label} ({reason})")
             continue
-        channels = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        lead = model.get_submodule(label)  # the group's first producer in forward order
+        if isinstance(lead, nn.Conv2d) and lead.groups > 1:
+            continue  # a depthwise conv follows its producer's unit (torch-pruning may root the group at it)
+        channels = lead.out_channels if isinstance(lead, nn.Conv2d) else lead.out_features
         slices = []
         for (name, kind), pairs in sorted(found.items(), key=lambda kv: (order.get(kv[0][0], order.get(kv[0][0].rsplit(".", 1)[0], -1)), kv[0])):
             idx = np.array(sorted(pairs), dtype=np.int64)
