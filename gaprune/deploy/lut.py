@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from gaprune.deploy.latency import clock_threads, device_name, measure_latency, time_callable
+from gaprune.models.tracing import trace_layers
 from gaprune.pruning.importance import file_digest
 from gaprune.pruning.plan import Plan
 from gaprune.pruning.units import PrunableUnit
@@ -61,18 +62,8 @@ def trace_ops(model: nn.Module, units: Sequence[PrunableUnit], example: torch.Te
     out_unit = {name: i for i, unit in enumerate(units) for name in unit.out_modules}
     in_unit = {name: (i, rep) for i, unit in enumerate(units) for name, rep in unit.in_modules.items()}
     shapes: dict[str, tuple[int, ...]] = {}
-    handles = [model.get_submodule(name).register_forward_hook(
-        lambda _m, inputs, _o, name=name: shapes.__setitem__(name, tuple(inputs[0].shape)))
-        for name in set(out_unit) | set(in_unit)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example[:1].to(next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    trace_layers(model, example, set(out_unit) | set(in_unit),
+                 lambda name, _m, inputs, _o: shapes.__setitem__(name, tuple(inputs[0].shape)))
     ops = []
     for name, shape in shapes.items():
         module = model.get_submodule(name)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from gaprune.models.tracing import output_positions, trace_layers
 from gaprune.pruning.physical import count_macs_params, prune_model
 from gaprune.pruning.plan import Plan, SparsePlan
 from gaprune.pruning.slicing import patched, sliced_state
@@ -121,19 +122,8 @@ class CostModel:
             for name, repeat in unit.in_modules.items():
                 in_unit[name] = (index, repeat)
         spatial: dict[str, int] = {}
-        handles = []
-        for name in set(out_unit) | set(in_unit):
-            def record(_m, _i, output, name=name):
-                spatial[name] = int(np.prod(output.shape[2:])) if output.dim() > 2 else 1
-
-            handles.append(model.get_submodule(name).register_forward_hook(record))
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            model(self.example_input.to(next(model.parameters()).device))
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+        trace_layers(model, self.example_input, set(out_unit) | set(in_unit),
+                     lambda name, _m, _i, output: spatial.__setitem__(name, output_positions(output)))
         layers = []
         for name in spatial:
             module = model.get_submodule(name)
@@ -202,16 +192,8 @@ class SparseCostModel:
         self.layers = list(layers)
         self.base_macs, self.base_params = count_macs_params(model, example_input[:1])
         positions: dict[str, int] = {}
-        handles = [model.get_submodule(n).register_forward_hook(
-            lambda _m, _i, out, n=n: positions.__setitem__(n, int(np.prod(out.shape[2:])) if out.dim() > 2 else 1))
-            for n in self.layers]
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            model(example_input[:1].to(next(model.parameters()).device))
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+        trace_layers(model, example_input, self.layers,
+                     lambda name, _m, _i, output: positions.__setitem__(name, output_positions(output)))
         self.positions = positions
 
     def cost(self, plan: SparsePlan) -> tuple[int, int]:

@@ -32,6 +32,7 @@ from deap import tools
 from tqdm.auto import tqdm
 
 from gaprune.engine.training import evaluate
+from gaprune.models.tracing import trace_layers
 from gaprune.pruning.masking import apply_masks_permanently, magnitude_masks, sparse_layers
 from gaprune.pruning.plan import SparsePlan
 from gaprune.search.layerwise.evaluate import LayerEvaluator
@@ -115,17 +116,7 @@ def forward_order(model: nn.Module, example: torch.Tensor) -> list[str]:
     """Conv / linear layers in the order a forward pass first calls them."""
     candidates = sparse_layers(model)
     order: list[str] = []
-    handles = [model.get_submodule(name).register_forward_hook(
-        lambda _m, _i, _o, name=name: order.append(name) if name not in order else None) for name in candidates]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example[:1].to(next(model.parameters()).device))
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    trace_layers(model, example, candidates, lambda name, *_: order.append(name) if name not in order else None)
     return order
 
 
