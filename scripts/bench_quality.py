@@ -432,10 +432,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import torch
 
-    from gaprune.utils.errors import GapruneError
-
+    threads = torch.get_num_threads()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(threads)  # in-process callers (tests) keep their own setting
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from gaprune.utils.errors import GapruneError
+
     wall = time.perf_counter()
     spec = args.spec
     models = args.models or list(spec["models"])

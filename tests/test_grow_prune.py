@@ -64,6 +64,7 @@ def test_growth_scores_are_kernel_summed_weight_gradients() -> None:
 def test_growth_widens_only_marked_layers_and_keeps_the_function() -> None:
     digits = bundle()
     seed_everything(0)
+    torch.set_num_threads(1)  # the killed subprocess and this process must compute in the same float order
     model = rebuild_fn(SEED)
     config = TrainConfig(epochs=3, lr=0.05)
     optimizer, scheduler = make_optimizer(model, config)
@@ -119,12 +120,17 @@ def run_schedule(state_path: str, kill_after: int = 0) -> dict:
         if kill_after and row["epoch"] == kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    result = grow_and_prune(
-        SEED, rebuild_fn, make_loader(digits, "train", 64, shuffle=True, augment=True, seed=0),
-        make_loader(digits, "val", 256),
-        lambda epoch: itertools.islice(make_loader(digits, "train", 64, shuffle=True, seed=epoch), 2),
-        TrainConfig(epochs=5, lr=0.05, bn_sparsity=1e-4), GrowPruneConfig(grow_until=2, prune_at=4, percent=0.3),
-        Path(state_path), X0, on_epoch=on_epoch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the killed subprocess and this process must compute in the same float order
+    try:
+        result = grow_and_prune(
+            SEED, rebuild_fn, make_loader(digits, "train", 64, shuffle=True, augment=True, seed=0),
+            make_loader(digits, "val", 256),
+            lambda epoch: itertools.islice(make_loader(digits, "train", 64, shuffle=True, seed=epoch), 2),
+            TrainConfig(epochs=5, lr=0.05, bn_sparsity=1e-4), GrowPruneConfig(grow_until=2, prune_at=4, percent=0.3),
+            Path(state_path), X0, on_epoch=on_epoch)
+    finally:
+        torch.set_num_threads(threads)
     return {"state": result.model.state_dict(), "result": result}
 
 

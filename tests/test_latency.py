@@ -131,8 +131,12 @@ def test_latency_objective_and_target_latency_pick(lenet, lenet_lut):
         assert record["latency_us"] == pytest.approx(latency.cost(encoding.decode(record["genome"])))
         assert problem.values(record)[2] == pytest.approx(1.0 - record["latency_reduction"])
     assert records[-1]["latency_reduction"] == pytest.approx(0.0, abs=1e-9)
-    eligible = [r for r in records if r["latency_reduction"] >= 0.05]
-    (chosen,) = pick_plans(records, "target_latency", target_latency_reduction=0.05)
+    # measured tables differ by machine (LeNet-5 at batch 1 is mostly call overhead): a target
+    # that half of these random plans reach
+    target = sorted(r["latency_reduction"] for r in records)[len(records) // 2]
+    assert target > 0.0
+    eligible = [r for r in records if r["latency_reduction"] >= target]
+    (chosen,) = pick_plans(records, "target_latency", target_latency_reduction=target)
     assert chosen["proxy"] == max(r["proxy"] for r in eligible)
     with pytest.raises(GapruneError, match="no plan reaches"):
         pick_plans(records, "target_latency", target_latency_reduction=0.999)
