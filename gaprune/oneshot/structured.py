@@ -120,9 +120,11 @@ class UniformL1(Pruner):
         scores = ctx.importance("l1", 0)
         choose = STRATEGIES.get("min")
 
+        def counts_at(ratio: float) -> list[int]:
+            return [min(u.channels, max(1, round(ratio * u.channels))) for u in units]
+
         def plan_at(ratio: float) -> Plan:
-            keep = [min(u.channels, max(1, round(ratio * u.channels))) for u in units]
-            return plan_from_counts(units, scores, keep, choose, "min")
+            return plan_from_counts(units, scores, counts_at(ratio), choose, "min")
 
         ctx.cost_model().verify([plan_at(0.0)])
         reachable = macs_reduction(ctx, plan_at(0.0))
@@ -136,9 +138,22 @@ class UniformL1(Pruner):
                 lo = mid
             else:
                 hi = mid
-        plan = plan_at(lo)
-        return OneshotResult(plan, {"keep_ratio": lo, "macs_reduction": macs_reduction(ctx, plan),
-                                     "keep_counts": plan.keep_counts()})
+        # one ratio rounds every unit at once, so the plan can land points past the target: hand
+        # single channels back, always to the unit now furthest below the common ratio, while the
+        # plan still reaches the target (as uniform as the target allows)
+        keep, handed_back = counts_at(lo), 0
+        while True:
+            for i in sorted(range(len(units)), key=lambda i: (keep[i] / units[i].channels, i)):
+                trial = keep[:i] + [keep[i] + 1] + keep[i + 1:]
+                if keep[i] < units[i].channels and \
+                        macs_reduction(ctx, plan_from_counts(units, scores, trial, choose, "min")) >= self.target:
+                    keep, handed_back = trial, handed_back + 1
+                    break
+            else:
+                break
+        plan = plan_from_counts(units, scores, keep, choose, "min")
+        return OneshotResult(plan, {"keep_ratio": lo, "handed_back": handed_back,
+                                     "macs_reduction": macs_reduction(ctx, plan), "keep_counts": plan.keep_counts()})
 
 
 def has_batchnorm(model: nn.Module) -> bool:
