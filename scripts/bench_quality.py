@@ -52,7 +52,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "models": {"resnet20": {"overrides": [], "targets": [0.5, 0.7], "seeds": [0, 1, 2]},
                    "vgg16": {"overrides": ["model.params.width=0.5", "trainer.lr=0.05"], "targets": [0.73], "seeds": [0]}},
         "fidelity": {"model": "resnet20", "target": 0.7, "window": 0.05, "plans": 30, "epochs": 1},
-        "results": "benchmarks/results/quality-cifar10",
+        "results": "../results/quality-cifar10",  # relative to --out: benchmarks/results/quality-cifar10
     },
     "digits": {
         "dataset": "digits", "train_limit": None, "test_limit": None, "trainer": "default", "baseline_epochs": 4,
@@ -96,7 +96,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", choices=sorted(set(SEARCH_ARMS) | set(ONESHOT_ARMS)), default=list(ARMS))
     parser.add_argument("--fidelity", choices=("yes", "no", "only"), default="yes")
     parser.add_argument("--report", action="store_true", help="only assemble the tables from finished items")
-    parser.add_argument("--results", type=Path, help="results stem (default: the protocol's, else <out>/results)")
+    parser.add_argument("--results", type=Path, help="results stem (default: the protocol's, next to --out, "
+                                                     "else <out>/results)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=JSON",
@@ -119,7 +120,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.changes:
         args.spec["results"] = None
     args.out = args.out or Path("benchmarks") / f"quality-{args.protocol}"
-    stem = args.results or args.spec["results"]
+    stem = args.results or (args.out / args.spec["results"] if args.spec["results"] else None)
     args.results = Path(stem) if stem else args.out / "results"
     unknown = set(args.models or []) - set(args.spec["models"])
     if unknown:
