@@ -145,23 +145,29 @@ def test_recorded_config_mismatch_is_one_line(workspace, tmp_path):
 
 
 # --- Ctrl-C, resume, finetune.py against its search dir ---------------------------------------------
+def interrupted(script: str, overrides: list[str], saved) -> tuple[list[str], str]:
+    """Start `script`, send SIGINT once `saved()` finds its first resumable state, and check it ends
+    with exit 130 and no traceback; returns (its `gaprune:` lines, stderr)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / script), *overrides], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(saved()):
+        time.sleep(0.05)
+    assert proc.poll() is None, f"{script} ended before its first state was saved"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr + stdout
+    return [line for line in stderr.splitlines() if line.startswith("gaprune:")], stderr
+
+
 def test_ctrl_c_is_one_line_and_resume_leaves_no_extra_run_dir(workspace, tmp_path):
     out = tmp_path / "out"
     where = [f"paths.checkpoints={workspace / 'ck'}", f"paths.output_root={out}", *FAST]
     common = [*where, "seed=3", "optimizer.params.population=8", "fitness.calib_samples=64",  # seed: another run seed
               "then_finetune=false"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "search.py"), *common, "optimizer.params.generations=40"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list(out.rglob("state.json")):
-        time.sleep(0.05)
-    assert proc.poll() is None, "search ended before its first generation was saved"
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr + stdout
+    lines, stderr = interrupted("search.py", [*common, "optimizer.params.generations=40"], lambda: out.rglob("state.json"))
     (run,) = (out / "search").iterdir()
-    lines = [line for line in stderr.splitlines() if line.startswith("gaprune:")]
     generation = json.loads((run / "state.json").read_text())["generation"]
     assert lines == [f"gaprune: interrupted after generation {generation}; resume with resume={run}"], stderr[-2000:]
     assert generation < 40 and not (run / "search_summary.json").exists()
@@ -179,18 +185,9 @@ def test_ctrl_c_is_one_line_and_resume_leaves_no_extra_run_dir(workspace, tmp_pa
 
 def test_ctrl_c_during_training_is_one_line(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), f"paths.checkpoints={tmp_path / 'ck'}",
-                             f"paths.output_root={out}", "trainer.epochs=50", "logger.mode=disabled"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list((tmp_path / "ck").glob("*.state")):
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before its first epoch was saved"
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr + stdout
-    lines = [line for line in stderr.splitlines() if line.startswith("gaprune:")]
+    lines, stderr = interrupted("train.py", [f"paths.checkpoints={tmp_path / 'ck'}", f"paths.output_root={out}",
+                                             "trainer.epochs=50", "logger.mode=disabled"],
+                                lambda: (tmp_path / "ck").glob("*.state"))
     assert len(lines) == 1 and lines[0].startswith("gaprune: interrupted after epoch "), stderr[-2000:]
     assert "rerun the same command" in lines[0]
     assert not list((tmp_path / "ck").glob("*.pt"))
