@@ -24,7 +24,6 @@ python scripts/bench_latency.py --models lenet5 --plans 20 --clock wall
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import shlex
 import sys

@@ -18,12 +18,13 @@ import torch.nn as nn
 from gaprune.data.datasets import load_dataset
 from gaprune.data.loaders import make_loader
 from gaprune.engine.training import evaluate, train
+from gaprune.pruning.batchnorm import batch_norms
 from gaprune.pruning.cost import CostModel
 from gaprune.pruning.masking import magnitude_masks, masked_weights, sparse_layers
 from gaprune.pruning.physical import count_macs_params, prune_model
 from gaprune.pruning.plan import Plan, SparsePlan
 from gaprune.search.encodings import build_encoding, validate_encoding
-from gaprune.search.fitness import FitnessContext, batch_norms, build_fitness
+from gaprune.search.fitness import FitnessContext, build_fitness
 from gaprune.search.optimizers import build_optimizer
 from gaprune.search.problem import Objective, Problem
 from gaprune.utils.errors import GapruneError

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from gaprune.data.loaders import capped
 from gaprune.engine.training import TrainConfig, evaluate, train
+from gaprune.pruning.batchnorm import adapted_bn, batch_norms, sliced_with_fresh_bn
 from gaprune.pruning.masking import ChannelMasker, apply_masks_permanently, masked_weights, masks_exact
 from gaprune.pruning.physical import prune_model
 from gaprune.pruning.plan import Plan, SparsePlan
@@ -79,70 +79,6 @@ class TaylorProxy(Fitness):
             shares = [float(importance[name][list(idx)].sum()) for name, idx in plan.keep.items()]
             results.append({"proxy": float(np.mean(shares))})
         return results
-
-
-def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-@contextmanager
-def adapted_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[nn.Module]:
-    """Adaptive BN: re-estimate every BN layer's running statistics on `batches` with whatever
-    masks are on (reset, cumulative average, BN layers in train mode, the rest in eval), leave the
-    model in eval mode for scoring, and put the original statistics back on exit."""
-    bns = batch_norms(model)
-    saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone(), bn.momentum)
-             for bn in bns]
-    try:
-        model.eval()
-        for bn in bns:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative moving average over the batches
-            bn.train()
-        with torch.no_grad():
-            for x, _ in batches:
-                model(x)
-        model.eval()
-        yield model
-    finally:
-        model.eval()
-        with torch.no_grad():
-            for bn, (mean, var, count, momentum) in zip(bns, saved):
-                bn.running_mean.copy_(mean)
-                bn.running_var.copy_(var)
-                bn.num_batches_tracked.copy_(count)
-                bn.momentum = momentum
-
-
-@torch.no_grad()
-def sliced_with_fresh_bn(model: nn.Module, state: dict[str, torch.Tensor],
-                         batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Adaptive BN on the sliced path: `state` (a plan's sliced tensors, see `sliced_state`) with
-    every BN layer's running statistics replaced by fresh tensors re-estimated on `batches`
-    (cumulative average, BN layers in train mode, the rest in eval). Equal to `adapted_bn` on the
-    channel-masked model for the kept channels; the baseline's own buffers are never written."""
-    state = state.copy()  # keeps a SlicedState's pruned layer attributes
-    bns = {name: m for name, m in model.named_modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
-    for name, bn in bns.items():
-        width = state[f"{name}.weight"].shape[0] if f"{name}.weight" in state else bn.running_mean.shape[0]
-        like = bn.running_mean
-        state[f"{name}.running_mean"] = torch.zeros(width, device=like.device, dtype=like.dtype)
-        state[f"{name}.running_var"] = torch.ones(width, device=like.device, dtype=like.dtype)
-        state[f"{name}.num_batches_tracked"] = torch.zeros((), device=like.device, dtype=torch.long)
-    momenta = {name: bn.momentum for name, bn in bns.items()}
-    model.eval()
-    try:
-        for bn in bns.values():
-            bn.momentum = None  # cumulative moving average over the batches
-            bn.train()
-        for x, _ in batches:
-            sliced_forward(model, state, x)  # BN updates the fresh running tensors in place
-    finally:
-        for name, bn in bns.items():
-            bn.momentum = momenta[name]
-        model.eval()
-    return state
 
 
 class MaskedForwardFitness(Fitness):
