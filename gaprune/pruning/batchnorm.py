@@ -58,7 +58,8 @@ def sliced_with_fresh_bn(model: nn.Module, state: dict[str, torch.Tensor],
     (cumulative average, BN layers in train mode, the rest in eval). Equal to `adapted_bn` on the
     channel-masked model for the kept channels; the baseline's own buffers are never written."""
     state = state.copy()  # keeps a SlicedState's pruned layer attributes
-    bns = {name: m for name, m in model.named_modules() if m in set(batch_norms(model))}
+    tracked = set(batch_norms(model))
+    bns = {name: m for name, m in model.named_modules() if m in tracked}
     for name, bn in bns.items():
         width = state[f"{name}.weight"].shape[0] if f"{name}.weight" in state else bn.running_mean.shape[0]
         like = bn.running_mean
