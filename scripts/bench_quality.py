@@ -50,7 +50,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "dataset": "cifar10", "train_limit": 20000, "test_limit": None, "trainer": "cifar", "baseline_epochs": 20,
         "finetune_epochs": 2, "finetune_batch_size": 128, "population": 16, "generations": 10, "calib_samples": 512,
         "models": {"resnet20": {"overrides": [], "targets": [0.5, 0.7], "seeds": [0, 1, 2]},
-                   "vgg16": {"overrides": ["model.params.width=0.5", "trainer.lr=0.05"], "targets": [0.73], "seeds": [0]}},
+                   "vgg16": {"overrides": ["model.params.width=0.25", "trainer.lr=0.05"], "targets": [0.73], "seeds": [0]}},
         "fidelity": {"model": "resnet20", "target": 0.7, "window": 0.05, "plans": 30, "epochs": 1},
         "results": "../results/quality-cifar10",  # relative to --out: benchmarks/results/quality-cifar10
     },

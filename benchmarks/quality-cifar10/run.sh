@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
-# CIFAR-10 quality benchmark, in priority order; every step is resumable (a rerun skips finished
-# items). Run from a gaprune checkout with .venv and data/ (CIFAR-10 prepared):
-#   nohup benchmarks/quality-cifar10/run.sh > benchmarks/quality-cifar10/logs/run.log 2>&1 &
+# CIFAR-10 quality benchmark in two lanes of one thread each (disjoint items, so both may run at
+# once on a 2-core machine); every step is resumable (a rerun skips finished items). Run from a
+# gaprune checkout with .venv and data/ (CIFAR-10 prepared):
+#   nohup benchmarks/quality-cifar10/run.sh a >> benchmarks/quality-cifar10/logs/lane-a.log 2>&1 &
+#   nohup benchmarks/quality-cifar10/run.sh b >> benchmarks/quality-cifar10/logs/lane-b.log 2>&1 &
+#   benchmarks/quality-cifar10/run.sh report
+# OUT=<dir> writes the items elsewhere (e.g. from a snapshot checkout into the main one).
 set -u
 OUT=${OUT:-$(cd "$(dirname "$0")" && pwd)}
 bench() { TQDM_DISABLE=1 .venv/bin/python scripts/bench_quality.py --protocol cifar10 --out "$OUT" --threads 1 "$@"; }
-while pgrep -f "train.py model=resnet20" > /dev/null; do sleep 30; done  # the baseline being trained elsewhere
 start=$(date +%s)
-bench --models resnet20 --targets 0.7 --seeds 0 --fidelity no
-bench --models resnet20 --targets 0.5 --seeds 0 --fidelity no
-bench --models resnet20 --fidelity only
-bench --models resnet20 --seeds 1 2 --fidelity no
-bench --models vgg16 --fidelity no
-bench --report
-echo "wall_s=$(( $(date +%s) - start ))"
+case "${1:-}" in
+  a)  # VGG-16 (its baseline is trained here, resumable per epoch), then ResNet-20 seeds at 70 %
+      bench --models vgg16 --fidelity no
+      bench --models resnet20 --targets 0.7 --seeds 1 2 --fidelity no ;;
+  b)  # proxy fidelity, then ResNet-20 at 50 %
+      bench --models resnet20 --fidelity only
+      bench --models resnet20 --targets 0.5 --seeds 0 1 2 --fidelity no ;;
+  report) bench --report ;;
+  *) echo "usage: $0 a|b|report" >&2; exit 2 ;;
+esac
+echo "lane ${1} wall_s=$(( $(date +%s) - start ))"
