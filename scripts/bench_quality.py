@@ -17,6 +17,8 @@ Arms (each fine-tuned by the library's shared KD routine with the same recipe an
   global_taylor  one-shot global Taylor (rule min) at the target
   uniform_l1     one-shot uniform keep ratio, L1 filters, at the target
   plain_nsga2    (opt-in) the previous default: no repair, no seeds, no adaptive BN
+  default_l1     (opt-in diagnostic) the default search choosing channels by L1 norm instead of
+                 Taylor importance: separates allocation from channel choice against uniform L1
 
 Proxy fidelity (--fidelity): random ratio_strategy plans within target +- window of the fidelity
 model's baseline, every fitness scored, each plan fine-tuned with one equal short budget; Kendall
@@ -69,13 +71,15 @@ SEARCH_ARMS = {
     "taylor_nsga2": ["optimizer=nsga2", "fitness=taylor_proxy"],
     "plain_nsga2": ["optimizer=nsga2", "fitness=calib", "fitness.params.adaptive_bn=false",
                     "objective.repair_to_target=false", "optimizer.seed_with_oneshot=false"],
+    "default_l1": ["optimizer=nsga2", "fitness=calib", "importance=l1"],
 }
 ONESHOT_ARMS = {"global_taylor": ["oneshot=global_taylor", "oneshot.params.rule=min"],
                 "uniform_l1": ["oneshot=uniform_l1"]}
 ARMS = ("default", "ga", "random", "taylor_nsga2", "global_taylor", "uniform_l1")
 LABELS = {"default": "search: NSGA-II + calib (default)", "ga": "search: single-objective GA + calib",
           "random": "random search, same budget", "taylor_nsga2": "search: NSGA-II + taylor_proxy (data-free)",
-          "plain_nsga2": "search: NSGA-II + calib, previous default", "global_taylor": "global Taylor (min)",
+          "plain_nsga2": "search: NSGA-II + calib, previous default",
+          "default_l1": "search: default, channels by L1 norm", "global_taylor": "global Taylor (min)",
           "uniform_l1": "uniform L1"}
 FITNESSES = {  # proxy name -> overrides; every calib proxy is also reported as <name>_neg_loss (-calib loss)
     "taylor_proxy": ["fitness=taylor_proxy"],
@@ -377,7 +381,7 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
     spec = args.spec
     results = {
         "protocol": {"name": args.protocol, **{k: v for k, v in spec.items() if k != "results"},
-                     "arms": {a: LABELS[a] for a in args.arms}, "threads": args.threads,
+                     "arms": {a: LABELS[a] for a in sorted({arm for cells in arms.values() for arm in cells})}, "threads": args.threads,
                      "command": "python scripts/bench_quality.py " + " ".join(sys.argv[1:]),
                      "wall_seconds_this_invocation": wall},
         "baselines": {m: b["test_acc"] for m, b in baselines.items()},
