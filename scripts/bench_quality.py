@@ -10,10 +10,13 @@ generation / epoch). Two processes may share the work with disjoint --models / -
 Arms (each fine-tuned by the library's shared KD routine with the same recipe and seeded batches):
   default        what a user gets with pick=target_macs: NSGA-II, fitness=calib (adaptive BN on for
                  BN models), genomes repaired onto the target, first population seeded with the
-                 one-shot plans
+                 one-shot plans, the best plans at the target re-ranked by a short fine-tune (finalists)
   ga             single-objective GA at the target (same defaults)
-  random         random search, same evaluation budget, same repair onto the target (no seeds)
-  taylor_nsga2   NSGA-II with the paper's data-free taylor_proxy fitness
+  random         random search, same evaluation budget, same repair onto the target and the same
+                 finalist re-ranking (no seeds)
+  taylor_nsga2   NSGA-II with the paper's data-free taylor_proxy fitness (no finalists: data-free)
+  no_finalists, ga_no_finalists, random_no_finalists
+                 (opt-in ablation) the three searches above picking the highest proxy at the target
   global_taylor  one-shot global Taylor (rule min) at the target
   uniform_l1     one-shot uniform keep ratio, L1 filters, at the target
   plain_nsga2    (opt-in) the previous default: no repair, no seeds, no adaptive BN
@@ -68,7 +71,10 @@ SEARCH_ARMS = {
     "default": ["optimizer=nsga2", "fitness=calib"],
     "ga": ["optimizer=ga", "fitness=calib"],
     "random": ["optimizer=random", "fitness=calib"],
-    "taylor_nsga2": ["optimizer=nsga2", "fitness=taylor_proxy"],
+    "taylor_nsga2": ["optimizer=nsga2", "fitness=taylor_proxy", "finalists.count=0"],  # data-free, as published
+    "no_finalists": ["optimizer=nsga2", "fitness=calib", "finalists.count=0"],
+    "ga_no_finalists": ["optimizer=ga", "fitness=calib", "finalists.count=0"],
+    "random_no_finalists": ["optimizer=random", "fitness=calib", "finalists.count=0"],
     "plain_nsga2": ["optimizer=nsga2", "fitness=calib", "fitness.params.adaptive_bn=false",
                     "objective.repair_to_target=false", "optimizer.seed_with_oneshot=false"],
     "default_l1": ["optimizer=nsga2", "fitness=calib", "importance=l1"],
@@ -79,7 +85,10 @@ ARMS = ("default", "ga", "random", "taylor_nsga2", "global_taylor", "uniform_l1"
 LABELS = {"default": "search: NSGA-II + calib (default)", "ga": "search: single-objective GA + calib",
           "random": "random search, same budget", "taylor_nsga2": "search: NSGA-II + taylor_proxy (data-free)",
           "plain_nsga2": "search: NSGA-II + calib, previous default",
-          "default_l1": "search: default, channels by L1 norm", "global_taylor": "global Taylor (min)",
+          "default_l1": "search: default, channels by L1 norm",
+          "no_finalists": "search: NSGA-II + calib, highest proxy (no finalists)",
+          "ga_no_finalists": "search: GA + calib, highest proxy (no finalists)",
+          "random_no_finalists": "random search, highest proxy (no finalists)", "global_taylor": "global Taylor (min)",
           "uniform_l1": "uniform L1"}
 FITNESSES = {  # proxy name -> overrides; every calib proxy is also reported as <name>_neg_loss (-calib loss)
     "taylor_proxy": ["fitness=taylor_proxy"],

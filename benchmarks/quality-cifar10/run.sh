@@ -13,7 +13,7 @@ start=$(date +%s)
 case "${1:-}" in
   a)  # VGG-16 (its baseline is trained here, resumable per epoch), then ResNet-20 seeds at 70 %
       bench --models vgg16 --fidelity no
-      bench --models resnet20 --targets 0.7 --seeds 1 2 --fidelity no ;;
+      bench --models resnet20 --targets 0.7 --seeds 0 1 2 --fidelity no ;;
   b)  # proxy fidelity, then ResNet-20 at 50 %
       bench --models resnet20 --fidelity only
       bench --models resnet20 --targets 0.5 --seeds 0 1 2 --fidelity no ;;

@@ -56,6 +56,9 @@ def chosen_records(search_dir: Path, pick: str, target: float | None) -> list[di
         return [read_json(search_dir / "best_plan.json")]
     if pick == "target_latency":  # the latency pick lies off the proxy/MACs front too
         return latency_pick(search_dir)
+    finalists = search_dir / "finalists.json"
+    if pick == "target_macs" and finalists.is_file() and read_json(finalists)["target"] == target:
+        return [read_json(search_dir / "picks.json")["target_macs"]]  # re-ranked by a short fine-tune
     return pick_plans(read_json(pareto_path), pick, target)
 
 

@@ -24,6 +24,7 @@ from gaprune.pipeline.setup import Run, loader, make_logger, open_run, plain
 from gaprune.pruning.cost import CostModel
 from gaprune.pruning.importance import IMPORTANCES, cache_file, compute_importance
 from gaprune.search.encodings import Encoding, KeepRatioEncoding, build_encoding, validate_encoding
+from gaprune.search.finalists import METRICS as FINALIST_METRICS, rerank, select_finalists
 from gaprune.search.fitness import FITNESSES, Fitness, FitnessContext, build_fitness
 from gaprune.search.layerwise import WeightMaskConfig
 from gaprune.search.optimizers import build_optimizer, optimizer_config
@@ -68,6 +69,15 @@ def validate_search_config(cfg: DictConfig) -> None:
         raise GapruneError(f"unknown pick '{cfg.pick}'; choose one of: {', '.join(PICKS)}")
     if cfg.pick == "target_macs" and cfg.objective.target_macs_reduction is None:
         raise GapruneError("pick=target_macs needs objective.target_macs_reduction=<fraction>, e.g. 0.7")
+    count = cfg.finalists.count
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise GapruneError(f"finalists.count={count} must be a whole number >= 0 (0: no re-ranking)")
+    steps = cfg.finalists.steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise GapruneError(f"finalists.steps={steps} must be a whole number >= 1")
+    if cfg.finalists.metric not in FINALIST_METRICS:
+        raise GapruneError(f"finalists.metric={cfg.finalists.metric!r} is unknown; choose one of: "
+                           f"{', '.join(FINALIST_METRICS)}")
     validate_latency(cfg)
 
 
@@ -127,7 +137,8 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
                               f"resume={directory}") from None
     bar.close()
 
-    summary = finish_search(cfg, directory, problem, encoding, units, generations, baseline_path, meta)
+    target_pick = finalist_pick(cfg, run, importance, problem, encoding, seeds, directory)
+    summary = finish_search(cfg, directory, problem, encoding, units, generations, baseline_path, meta, target_pick)
     logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     logger.finish()
     if cfg.then_finetune:
@@ -138,8 +149,9 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
 
 
 def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, units, generations,
-                  baseline_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """Pareto set, picks, plots and summary from the records."""
+                  baseline_path: Path, meta: dict[str, Any], target_pick: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pareto set, picks, plots and summary from the records; `target_pick` (the finalists'
+    winner) replaces the highest-proxy plan at the MACs target."""
     records = problem.records
     front = pareto_front(records)
 
@@ -149,7 +161,7 @@ def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, 
     picks = {"knee": knee(front), "best": pick_plans(records, "best")[0]}
     target = cfg.objective.target_macs_reduction
     if target is not None and any(r["macs_reduction"] >= target for r in records):
-        picks["target_macs"] = pick_plans(records, "target_macs", target)[0]
+        picks["target_macs"] = target_pick or pick_plans(records, "target_macs", target)[0]
     picks.update(latency_picks(cfg, records))
     write_json(directory / "pareto.json", [with_plan(r) for r in front])
     write_json(directory / "picks.json", {name: with_plan(r) for name, r in picks.items()})
@@ -239,16 +251,45 @@ def search_space(run: Run) -> tuple[dict[str, np.ndarray], Encoding, CostModel]:
     return importance, encoding, encoding.cost_model(model, run.x0, random.Random(cfg.seed))
 
 
-def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness:
-    """The `fitness` group's fitness over the run's reference model: calibration batches from
-    validation, fresh seeded training loaders for adaptive BN / fine-tuning fitnesses."""
+def fitness_context(run: Run, importance: dict[str, np.ndarray], calib_batch_size: int,
+                    calib_samples: int | None) -> FitnessContext:
+    """The run's reference model with `calib_samples` validation images (None: all; 0: none) and
+    fresh seeded training loaders (adaptive BN, fine-tuning fitnesses)."""
     cfg, device, bundle = run.cfg, run.device, run.bundle
-    calib = list(loader(bundle, "val", fit.calib_batch_size, device, limit=fit.calib_samples)) if fit.name != "taylor_proxy" else []
+    calib = list(loader(bundle, "val", calib_batch_size, device, limit=calib_samples)) if calib_samples != 0 else []
     train_batches = lambda batch_size, augment=True: loader(  # noqa: E731  (fresh seeded loader per call)
         bundle, "train", batch_size, device, cfg.seed, train=True, augment=augment and bool(cfg.dataset.augment))
-    context = FitnessContext(model=run.model, units=run.units, importance=importance, calib=calib, device=device,
-                             train_batches=train_batches, seed=int(cfg.seed))
+    return FitnessContext(model=run.model, units=run.units, importance=importance, calib=calib, device=device,
+                          train_batches=train_batches, seed=int(cfg.seed))
+
+
+def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness:
+    """The `fitness` group's fitness over the run's reference model (data-free taylor_proxy: no calibration)."""
+    context = fitness_context(run, importance, fit.calib_batch_size, 0 if fit.name == "taylor_proxy" else fit.calib_samples)
     return build_fitness(fit.name, context, **plain(fit.params))
+
+
+def finalist_pick(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray], problem: Problem, encoding,
+                  seeds: dict[str, list[float]], directory: Path) -> dict[str, Any] | None:
+    """pick=target_macs with finalists.count > 0: the highest-proxy plans at the target and the
+    one-shot seeds, re-ranked by a short fine-tune with the `finetune` recipe
+    (gaprune.search.finalists); None leaves the proxy's pick."""
+    target, fin, ft = cfg.objective.target_macs_reduction, cfg.finalists, cfg.finetune
+    if cfg.pick != "target_macs" or target is None or not fin.count:
+        return None
+    seeded = [problem.record_of(problem.repair(list(genome)) if problem.repair else genome) for genome in seeds.values()]
+    finalists = select_finalists(problem.records, target, int(fin.count), seeded)
+    if len(finalists) < 2:
+        return None
+    context = fitness_context(run, importance, ft.eval_batch_size, fin.calib_samples)
+    fitness = build_fitness("finetune", context, steps=fin.steps, lr=ft.lr, momentum=ft.momentum,
+                            weight_decay=ft.weight_decay, batch_size=ft.batch_size, kd=ft.kd,
+                            kd_temperature=ft.kd_temperature, kd_alpha=ft.kd_alpha)
+    ids = ", ".join(f"#{r['id']}" for r in finalists)
+    print(f"finalists: {len(finalists)} plans at the target ({ids}) re-ranked by a {fin.steps}-step fine-tune")
+    winner = rerank(finalists, encoding.decode, fitness, directory / "finalists.json", target, fin.metric)
+    print(f"finalists: #{winner['id']} wins (proxy {winner['proxy']:.4f}; highest proxy was #{finalists[0]['id']})")
+    return winner
 
 
 def at_target(cfg: DictConfig, objective: Objective, encoding, cost, importance) -> tuple[TargetRepair | None, dict]:
