@@ -54,6 +54,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "cifar10": {
         "dataset": "cifar10", "train_limit": 20000, "test_limit": None, "trainer": "cifar", "baseline_epochs": 20,
         "finetune_epochs": 2, "finetune_batch_size": 128, "population": 16, "generations": 10, "calib_samples": 512,
+        "finalist_steps": 100,
         "models": {"resnet20": {"overrides": [], "targets": [0.5, 0.7], "seeds": [0, 1, 2]},
                    "vgg16": {"overrides": ["model.params.width=0.25", "trainer.lr=0.05"], "targets": [0.73], "seeds": [0]}},
         "fidelity": {"model": "resnet20", "target": 0.7, "window": 0.05, "plans": 30, "epochs": 1},
@@ -62,6 +63,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "digits": {
         "dataset": "digits", "train_limit": None, "test_limit": None, "trainer": "default", "baseline_epochs": 4,
         "finetune_epochs": 1, "finetune_batch_size": 64, "population": 8, "generations": 2, "calib_samples": 256,
+        "finalist_steps": 20,
         "models": {"resnet20": {"overrides": ["model.params.width=8"], "targets": [0.5], "seeds": [0]}},
         "fidelity": {"model": "resnet20", "target": 0.5, "window": 0.1, "plans": 6, "epochs": 1},
         "results": None,
@@ -188,8 +190,8 @@ def common(args, model: str, seed: int) -> list[str]:
 def search_budget(args, fitness_overrides: Sequence[str]) -> list[str]:
     spec = args.spec
     samples = [] if "fitness=taylor_proxy" in fitness_overrides else [f"fitness.calib_samples={spec['calib_samples']}"]
-    return [f"optimizer.params.population={spec['population']}",
-            f"optimizer.params.generations={spec['generations']}"] + samples
+    return [f"optimizer.params.population={spec['population']}", f"optimizer.params.generations={spec['generations']}",
+            f"finalists.steps={spec['finalist_steps']}"] + samples
 
 
 # --- items -----------------------------------------------------------------------------------
@@ -419,7 +421,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [f"# Quality at equal MACs ({p['name']})", "",
              f"Data: {p['dataset']}, train+val pool {p['train_limit'] or 'all'}, test {p['test_limit'] or 'all'}. "
              f"Baselines: {p['baseline_epochs']} epochs ({p['trainer']} recipe), one per model. Search budget: population "
-             f"{p['population']} x {p['generations']} generations, calib on {p['calib_samples']} val images. Every arm: "
+             f"{p['population']} x {p['generations']} generations, calib on {p['calib_samples']} val images; finalists: "
+             f"{p.get('finalist_steps', '-')}-step KD fine-tune each, scored on all val images. Every arm: "
              f"KD fine-tune {p['finetune_epochs']} epoch(s), batch {p['finetune_batch_size']}.", "",
              "| model @ target | method | test acc % (mean ± std) | per seed | MACs red. % | params red. % | "
              "val acc before FT % |", "|---|---|---|---|---|---|---|"]
