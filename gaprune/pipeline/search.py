@@ -265,7 +265,10 @@ def fitness_context(run: Run, importance: dict[str, np.ndarray], calib_batch_siz
 
 def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness:
     """The `fitness` group's fitness over the run's reference model (data-free taylor_proxy: no calibration)."""
-    context = fitness_context(run, importance, fit.calib_batch_size, 0 if fit.name == "taylor_proxy" else fit.calib_samples)
+    if fit.name == "taylor_proxy":
+        context = fitness_context(run, importance, 1, 0)
+    else:
+        context = fitness_context(run, importance, fit.calib_batch_size, fit.calib_samples)
     return build_fitness(fit.name, context, **plain(fit.params))
 
 
