@@ -24,10 +24,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# the test extras (ONNX export, submitit launcher, Ray) once, on top of the lean install
+TEST_STAMP := $(VENV)/.installed-test
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,export,cluster,ray]"
+	touch $(TEST_STAMP)
+
 quickstart: install  ## baseline (trained if missing) -> NSGA-II search -> KD fine-tune -> results table
 	$(PY) search.py
 
-test: install
+test: $(TEST_STAMP)
 	$(PY) -m pytest
 
 clean:

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import copy
 import random
 import sys
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
@@ -25,12 +27,13 @@ from gaprune.pruning.cost import CostModel
 from gaprune.pruning.importance import IMPORTANCES, cache_file, compute_importance
 from gaprune.search.encodings import Encoding, KeepRatioEncoding, build_encoding, validate_encoding
 from gaprune.search.finalists import METRICS as FINALIST_METRICS, rerank, select_finalists
-from gaprune.search.fitness import FITNESSES, Fitness, FitnessContext, build_fitness
+from gaprune.search.fitness import FITNESSES, Fitness
 from gaprune.search.layerwise import WeightMaskConfig
 from gaprune.search.optimizers import build_optimizer, optimizer_config
 from gaprune.search.picks import PICKS, knee, pareto_front, pick_plans
 from gaprune.search.problem import Objective, Problem
 from gaprune.search.target import TargetRepair, target_seeds
+from gaprune.search.workers import FitnessRecipe, WorkerPool, check_workers
 from gaprune.utils.errors import GapruneError, Interrupted
 from gaprune.utils.io import read_json, write_csv, write_json
 from gaprune.utils.plots import plot_fitness, plot_keep_ratios, plot_pareto
@@ -64,6 +67,7 @@ def validate_search_config(cfg: DictConfig) -> None:
     optimizer_config(cfg.optimizer.name, **plain(cfg.optimizer.params))
     Objective(**plain(cfg.objective))
     FITNESSES.get(cfg.fitness.name)
+    check_workers(cfg.fitness.workers)
     IMPORTANCES.get(cfg.importance.name)
     if cfg.pick not in PICKS:
         raise GapruneError(f"unknown pick '{cfg.pick}'; choose one of: {', '.join(PICKS)}")
@@ -135,6 +139,8 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
                                   "start the search again") from None
             raise Interrupted(f"interrupted after generation {generations[-1]['generation']}; resume with "
                               f"resume={directory}") from None
+        finally:
+            fitness.close()  # stops the workers of fitness.workers > 1 before the fine-tune
     bar.close()
 
     target_pick = finalist_pick(cfg, run, importance, problem, encoding, seeds, directory)
@@ -251,25 +257,17 @@ def search_space(run: Run) -> tuple[dict[str, np.ndarray], Encoding, CostModel]:
     return importance, encoding, encoding.cost_model(model, run.x0, random.Random(cfg.seed))
 
 
-def fitness_context(run: Run, importance: dict[str, np.ndarray], calib_batch_size: int,
-                    calib_samples: int | None) -> FitnessContext:
-    """The run's reference model with `calib_samples` validation images (None: all; 0: none) and
-    fresh seeded training loaders (adaptive BN, fine-tuning fitnesses)."""
-    cfg, device, bundle = run.cfg, run.device, run.bundle
-    calib = list(loader(bundle, "val", calib_batch_size, device, limit=calib_samples)) if calib_samples != 0 else []
-    train_batches = lambda batch_size, augment=True: loader(  # noqa: E731  (fresh seeded loader per call)
-        bundle, "train", batch_size, device, cfg.seed, train=True, augment=augment and bool(cfg.dataset.augment))
-    return FitnessContext(model=run.model, units=run.units, importance=importance, calib=calib, device=device,
-                          train_batches=train_batches, seed=int(cfg.seed))
-
-
-def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness:
-    """The `fitness` group's fitness over the run's reference model (data-free taylor_proxy: no calibration)."""
-    if fit.name == "taylor_proxy":
-        context = fitness_context(run, importance, 1, 0)
-    else:
-        context = fitness_context(run, importance, fit.calib_batch_size, fit.calib_samples)
-    return build_fitness(fit.name, context, **plain(fit.params))
+def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness | WorkerPool:
+    """The `fitness` group's fitness over the run's reference model: calibration batches from
+    validation, fresh seeded training loaders for adaptive BN / fine-tuning fitnesses. With
+    fitness.workers=N > 1, a pool of N Ray workers each building that fitness (`gaprune.search.workers`)."""
+    cfg, device = run.cfg, torch.device(run.device)
+    workers = check_workers(fit.workers)
+    shipped = workers > 1 and device.type != "cpu"  # workers unpickle the model on CPU, then move it to their GPU
+    calib = (None, None) if fit.name == "taylor_proxy" else (fit.calib_samples, fit.calib_batch_size)
+    recipe = FitnessRecipe(fit.name, plain(fit.params), copy.deepcopy(run.model).cpu() if shipped else run.model,
+                           run.units, importance, run.bundle, *calib, int(cfg.seed), bool(cfg.dataset.augment))
+    return recipe(device) if workers == 1 else WorkerPool(recipe, workers, gpu=device.type == "cuda")
 
 
 def finalist_pick(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray], problem: Problem, encoding,
@@ -284,10 +282,10 @@ def finalist_pick(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray], 
     finalists = select_finalists(problem.records, target, int(fin.count), seeded)
     if len(finalists) < 2:
         return None
-    context = fitness_context(run, importance, ft.eval_batch_size, fin.calib_samples)
-    fitness = build_fitness("finetune", context, steps=fin.steps, lr=ft.lr, momentum=ft.momentum,
-                            weight_decay=ft.weight_decay, batch_size=ft.batch_size, kd=ft.kd,
-                            kd_temperature=ft.kd_temperature, kd_alpha=ft.kd_alpha)
+    params = dict(steps=fin.steps, lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay,
+                  batch_size=ft.batch_size, kd=ft.kd, kd_temperature=ft.kd_temperature, kd_alpha=ft.kd_alpha)
+    fitness = FitnessRecipe("finetune", params, run.model, run.units, importance, run.bundle, fin.calib_samples,
+                            ft.eval_batch_size, int(cfg.seed), bool(cfg.dataset.augment))(torch.device(run.device))
     ids = ", ".join(f"#{r['id']}" for r in finalists)
     print(f"finalists: {len(finalists)} plans at the target ({ids}) re-ranked by a {fin.steps}-step fine-tune")
     winner = rerank(finalists, encoding.decode, fitness, directory / "finalists.json", target, fin.metric)

@@ -3,7 +3,8 @@ finetune): run dir and resume, seed, device, data, the reference model (the unpr
 baseline checkpoint, trained first when missing), its example input and prunable units.
 
 `gaprune.pipeline` is the only package that reads a `DictConfig`; everything below it takes
-plain values. `resolve_resume` is the one resume resolver (`resume=false|true|<run dir>`).
+plain values. `resolve_resume` is the one resume resolver (`resume=false|true|<run dir>`; a
+requeued cluster job resumes its own run dir).
 """
 from __future__ import annotations
 
@@ -40,16 +41,30 @@ def run_dir() -> Path:
         return path
 
 
+def _resumable(path: Path, markers: Sequence[str]) -> bool:
+    return any(next(path.glob(marker), None) is not None for marker in markers)
+
+
+def requeued(directory: Path, markers: Sequence[str]) -> bool:
+    """Whether this job runs under submitit (hydra/launcher=slurm|local|submitit_*: SUBMITIT_EXECUTOR
+    is set) and its own run dir already holds saved state. A preempted or timed-out job is
+    resubmitted by the launcher's `checkpoint` hook with the same overrides, so it runs again in the
+    same run dir (<hydra.sweep.dir>/<job num>) and continues from there as resume=<that dir> would;
+    a sweep launched again into the same hydra.sweep.dir continues each job the same way."""
+    return bool(os.environ.get("SUBMITIT_EXECUTOR")) and _resumable(directory, markers)
+
+
 def resolve_resume(cfg: DictConfig, fresh_dir: Path, markers: Sequence[str], kind: str) -> tuple[Path, bool]:
     """(run dir, resuming?) from resume=false|true|<run dir>. A resumable run dir holds a file
     matching one of `markers` (glob patterns); true picks the newest such run under
-    <output_root>/<task>."""
+    <output_root>/<task>. With resume=false a requeued cluster job resumes its own run dir
+    (`requeued`)."""
     resume = cfg.get("resume")
     if resume in (None, False, "false"):
+        if requeued(fresh_dir, markers):
+            print(f"requeued job: resuming its {kind} run dir {fresh_dir}")
+            return fresh_dir, True
         return fresh_dir, False
-
-    def resumable(path: Path) -> bool:
-        return any(next(path.glob(marker), None) is not None for marker in markers)
 
     what = " or ".join(markers)
     if resume in (True, "true"):
@@ -59,7 +74,7 @@ def resolve_resume(cfg: DictConfig, fresh_dir: Path, markers: Sequence[str], kin
             raise GapruneError(f"resume=true but no {kind} run with {what} under '{root}'; start a new one")
         return max(found, key=lambda p: p.stat().st_mtime), True
     path = Path(str(resume))
-    if not path.is_dir() or not resumable(path):
+    if not path.is_dir() or not _resumable(path, markers):
         raise GapruneError(f"resume='{path}' is not a {kind} run dir (no {what}); give the run dir of a {kind}")
     return path, True
 

@@ -64,6 +64,14 @@ class Fitness:
     def evaluate(self, plans: Sequence[AnyPlan]) -> list[dict[str, float]]:
         raise NotImplementedError
 
+    @property
+    def group_size(self) -> int:
+        """Consecutive plans scored together (1: each alone); results depend on this grouping only."""
+        return 1
+
+    def close(self) -> None:
+        """Release what evaluating holds (hooks on the shared model)."""
+
 
 @FITNESSES.register("taylor_proxy")
 class TaylorProxy(Fitness):
@@ -106,6 +114,10 @@ class MaskedForwardFitness(Fitness):
         """Whether channel plans may share a forward pass (False: one plan at a time)."""
         return self.execution == "masked"
 
+    @property
+    def group_size(self) -> int:
+        return self.chunk if self.stackable else 1
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The baseline with the current plans applied (sliced tensors or channel masks)."""
         if self._sliced is not None:
@@ -115,7 +127,7 @@ class MaskedForwardFitness(Fitness):
     def groups(self, plans: Sequence[AnyPlan]) -> list[list[int]]:
         """Indices of the plans scored together: channel plans `chunk` at a time, sparse plans alone."""
         channel = [i for i, plan in enumerate(plans) if not isinstance(plan, SparsePlan)]
-        size = self.chunk if self.stackable else 1
+        size = self.group_size
         groups = [channel[i:i + size] for i in range(0, len(channel), size)]
         return groups + [[i] for i, plan in enumerate(plans) if isinstance(plan, SparsePlan)]
 
