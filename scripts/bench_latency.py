@@ -1,25 +1,30 @@
-"""Latency LUT benchmark: how well the per-layer lookup table predicts measured latency, and
-what a latency-aware pick buys over a MACs-only pick at equal MACs.
+"""Latency LUT benchmark: how well the lookup table predicts the measured latency of physically
+pruned models, and what a latency-aware pick buys over a MACs-only pick at equal MACs.
 
 Per model (LeNet-5 1x32x32, ResNet-20 and VGG-16 width 0.5 on 3x32x32, 10 classes):
-1. build the LUT (`gaprune.deploy.lut`) on this CPU at batch 1;
+1. build the LUT (`gaprune.deploy.lut`) on this CPU at `--batch`;
 2. Pearson r between predicted and measured latency over `--plans` random plans (the `ratio`
-   encoding's random genomes), each physically pruned and timed; every plan is timed right after
-   the unpruned model, so r is reported on absolute times and on plan/baseline ratios (the latter
-   cancels slow drift of a machine shared with other jobs);
+   encoding's random genomes), each physically pruned; the unpruned model and all plans are timed
+   in `--rounds` interleaved rounds (`time_interleaved`, `--stat` per model), so slow spells of a
+   shared machine hit every plan alike; r on absolute times (`--stat` over rounds) and on plan /
+   baseline ratios (per round, median over rounds: cancels how loaded the machine was in that
+   round). Also reported: the split-half retest r of each (even vs odd rounds: the ceiling the
+   noise leaves for any predictor), the measured spread (slowest / fastest plan), Pearson r of MACs
+   vs measured latency, and the mean absolute error of the predicted microseconds;
 3. at `--target` MACs reduction: `--pool` random genomes repaired onto [target, target + 0.01]
    (equal MACs); the MACs-only pick is the plan with the best proxy (share of L1 filter importance
    kept, training-free); the latency-aware pick is the knee of the (proxy, predicted latency) front
-   of the same pool. Both are timed (and the baseline) on the `--clock` clock and on the wall clock
-   with torch's threads, with speedups as ratios.
+   of the same pool. Both and the baseline are timed interleaved on the `--clock` clock and on the
+   wall clock with torch's threads; speedups from the `--stat` times and as the median over rounds
+   of the within-round ratio (latency-aware / MACs-only likewise).
 
 Latency does not depend on weight values, so the models are untrained (seed 0). `--clock cpu`
 (default) times the thread's CPU time on one thread: on a machine shared with other jobs wall time
 mostly measures the scheduler. Prints one table and writes JSON (`--out`) with the exact command
 and wall time.
 
-python scripts/bench_latency.py                        # all three models
-python scripts/bench_latency.py --models lenet5 --plans 20 --clock wall
+python scripts/bench_latency.py                        # all three models at batch 1
+python scripts/bench_latency.py --models lenet5 --batch 64
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gaprune.deploy.latency import measure_latency  # noqa: E402
+from gaprune.deploy.latency import inference_call, time_interleaved  # noqa: E402
 from gaprune.deploy.lut import LatencyCost, LatencyLUT, pearson  # noqa: E402
 from gaprune.models import build_model  # noqa: E402
 from gaprune.pruning.cost import CostModel  # noqa: E402
@@ -43,8 +48,9 @@ from gaprune.pruning.importance import _normalise, l1_importance  # noqa: E402
 from gaprune.pruning.physical import prune_model  # noqa: E402
 from gaprune.pruning.units import discover_units  # noqa: E402
 from gaprune.search.encodings import build_encoding  # noqa: E402
-from gaprune.search.picks import knee  # noqa: E402
+from gaprune.search.picks import knee, pareto_front  # noqa: E402
 from gaprune.search.target import TargetRepair  # noqa: E402
+from gaprune.utils.io import atomic_write_text, write_json  # noqa: E402
 
 MODELS = {  # name: (in_channels, include_linear, kwargs)
     "lenet5": (1, True, {}),
@@ -53,8 +59,14 @@ MODELS = {  # name: (in_channels, include_linear, kwargs)
 }
 
 
-def timed(model, x0, clock: str, repeats: int, stat: str = "median") -> float:
-    return 1e6 * measure_latency(model, x0, 1, "cpu", repeats=repeats, clock=clock, stat=stat).seconds
+def timed(models, x, clock: str, args) -> np.ndarray:
+    """Microseconds per forward, shape (rounds, models): every round times each model once."""
+    return 1e6 * time_interleaved([inference_call(m, x) for m in models], repeats=args.rounds,
+                                  min_block_s=args.block_ms / 1e3, clock=clock, seed=args.seed)
+
+
+def reduce(samples: np.ndarray, stat: str) -> np.ndarray:
+    return samples.min(axis=0) if stat == "min" else np.median(samples, axis=0)
 
 
 def proxy(plan, units, importance) -> float:
@@ -66,29 +78,34 @@ def bench_model(name: str, args) -> dict:
     torch.manual_seed(0)
     model = build_model(name, 10, channels, 32, **kwargs).eval()
     x0 = torch.zeros(1, channels, 32, 32)
+    x = torch.randn((args.batch, channels, 32, 32), generator=torch.Generator().manual_seed(0))
     units = discover_units(model, x0, include_linear=include_linear)
     importance = _normalise(l1_importance(model, units))
     encoding = build_encoding("ratio", units, importance, model=model)
     started = time.perf_counter()
-    lut = LatencyLUT.measure(model, units, x0, "cpu", repeats=args.lut_repeats, clock=args.clock, stat=args.stat,
-                             rounds=args.rounds)
+    lut = LatencyLUT.measure(model, units, x0, "cpu", batch=args.batch, repeats=args.lut_repeats, clock=args.clock,
+                             stat=args.stat)
     lut_seconds = time.perf_counter() - started
     latency = LatencyCost(lut, units)
     rng = random.Random(args.seed)
 
+    cost = CostModel(model, units, x0)
     plans = [encoding.decode(encoding.random_genome(rng)) for _ in range(args.plans)]
     pruned_models = [prune_model(model, units, plan, x0) for plan in plans]
-    predicted = [latency.cost(plan) for plan in plans]
-    ratios_pred = [latency.ratio(plan) for plan in plans]
-    rounds = []  # round-robin over all plans; per plan, the min (or median) over rounds
-    for _ in range(args.rounds):
-        rounds.append([(timed(model, x0, args.clock, args.repeats, args.stat),
-                        timed(pruned, x0, args.clock, args.repeats, args.stat)) for pruned in pruned_models])
-    combine = np.min if args.stat == "min" else np.median
-    measured = [float(combine([r[i][1] for r in rounds])) for i in range(len(plans))]
-    ratios_meas = [float(combine([r[i][1] / r[i][0] for r in rounds])) for i in range(len(plans))]
+    predicted = np.array([latency.cost(plan) for plan in plans])
+    samples = timed([model] + pruned_models, x, args.clock, args)
+    measured = reduce(samples, args.stat)
+    halves = [reduce(samples[start::2], args.stat)[1:] for start in (0, 1)]
+    ratios = np.median(samples[:, 1:] / samples[:, :1], axis=0)  # plan / baseline within a round, median of rounds
+    ratio_halves = [np.median(samples[start::2, 1:] / samples[start::2, :1], axis=0) for start in (0, 1)]
+    fit = {"base_us": float(measured[0]), "measured_us": measured[1:].tolist(), "predicted_us": predicted.tolist(),
+           "measured_ratio": ratios.tolist(), "pearson_ratio": pearson(predicted, ratios),
+           "retest_ratio_r": pearson(*ratio_halves),
+           "pearson": pearson(predicted, measured[1:]), "retest_r": pearson(*halves),
+           "macs_r": pearson([cost.cost(plan)[0] for plan in plans], measured[1:]),
+           "spread": float(measured[1:].max() / measured[1:].min()),
+           "mape": float(100 * np.mean(np.abs(predicted / measured[1:] - 1)))}
 
-    cost = CostModel(model, units, x0)
     repair = TargetRepair(encoding, cost, args.target, 0.01)
     pool = []
     for index in range(args.pool):
@@ -99,47 +116,46 @@ def bench_model(name: str, args) -> dict:
                      "macs_reduction": 1 - macs / cost.base_macs, "latency_us": latency.cost(plan)})
     at_target = [r for r in pool if r["macs_reduction"] >= args.target] or pool
     macs_only = max(at_target, key=lambda r: (r["proxy"], -r["id"]))
-    # knee of (max proxy, min latency): reuse the proxy/MACs knee with latency reduction as the second axis
-    front_input = [{**r, "macs_reduction": 1 - r["latency_us"] / latency.base_us} for r in at_target]
-    front, best = [], -np.inf
-    for r in sorted(front_input, key=lambda r: (-r["macs_reduction"], -r["proxy"], r["id"])):
-        if r["proxy"] > best:
-            front.append(r)
-            best = r["proxy"]
+    # knee of (max proxy, min latency): the proxy/MACs front and knee with latency reduction as the second axis
+    front = pareto_front([{**r, "macs_reduction": 1 - r["latency_us"] / latency.base_us} for r in at_target])
     aware = next(r for r in at_target if r["id"] == knee(front)["id"])
 
-    picks = {}
-    for label, record in (("macs_only", macs_only), ("latency_aware", aware)):
-        pruned = prune_model(model, units, record["plan"], x0)
-        row = {"proxy": record["proxy"], "macs_reduction": record["macs_reduction"],
-               "predicted_us": record["latency_us"], "keep": [len(record["plan"].keep[u.name]) for u in units]}
-        for clock in dict.fromkeys([args.clock, "wall"]):
-            combine = np.min if args.stat == "min" else np.median
-            base = float(combine([timed(model, x0, clock, args.repeats, args.stat) for _ in range(args.rounds)]))
-            ours = float(combine([timed(pruned, x0, clock, args.repeats, args.stat) for _ in range(args.rounds)]))
-            row[f"{clock}_base_us"], row[f"{clock}_us"], row[f"{clock}_speedup"] = base, ours, base / ours
-        picks[label] = row
+    records = {"macs_only": macs_only, "latency_aware": aware}
+    picks = {label: {"proxy": r["proxy"], "macs_reduction": r["macs_reduction"], "predicted_us": r["latency_us"],
+                     "keep": [len(r["plan"].keep[u.name]) for u in units]} for label, r in records.items()}
+    contenders = [model] + [prune_model(model, units, r["plan"], x0) for r in records.values()]
+    for clock in dict.fromkeys([args.clock, "wall"]):
+        samples = timed(contenders, x, clock, args)
+        base, *ours = reduce(samples, args.stat)
+        for column, (label, us) in enumerate(zip(records, ours), start=1):
+            picks[label].update({f"{clock}_base_us": base, f"{clock}_us": us, f"{clock}_speedup": base / us,
+                                 f"{clock}_round_speedup": float(np.median(samples[:, 0] / samples[:, column]))})
+        picks["latency_aware"][f"{clock}_round_vs_macs_only"] = float(np.median(samples[:, 2] / samples[:, 1]))
     return {"model": name, "kwargs": kwargs, "units": len(units), "lut_tables": len(lut.tables),
-            "lut_seconds": lut_seconds, "lut_base_us": lut.base_us, "plans": args.plans,
-            "pearson_abs": pearson(predicted, measured), "pearson_ratio": pearson(ratios_pred, ratios_meas),
-            "predicted_us": predicted, "measured_us": measured, "threads": torch.get_num_threads(),
-            "picks": picks}
+            "lut_seconds": lut_seconds, "lut_base_us": lut.base_us, "lut_slope": lut.slope,
+            "lut_calibration": lut.meta["calibration"], "plans": args.plans, "batch": args.batch,
+            "threads": torch.get_num_threads(), **fit, "picks": picks}
 
 
 def report(results: list[dict], args) -> str:
     clock = args.clock
-    lines = [f"| model | LUT s | Pearson r (abs) | r (ratio to base) | pick @{args.target:.0%} MACs | proxy | MACs red. | "
-             f"predicted us | {clock} us | {clock} speedup | wall us | wall speedup |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| model | batch | LUT build s | plans | Pearson r ({args.stat} us) | retest r | Pearson r (ratio to base) | "
+             "retest r | MACs r | spread (max/min) | MAPE | LUT slope |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        lines.append(f"| {res['model']} | {res['batch']} | {res['lut_seconds']:.0f} | {res['plans']} | {res['pearson']:.3f} | "
+                     f"{res['retest_r']:.3f} | {res['pearson_ratio']:.3f} | {res['retest_ratio_r']:.3f} | "
+                     f"{res['macs_r']:.3f} | {res['spread']:.2f}x | {res['mape']:.1f}% | {res['lut_slope']:.2f} |")
+    lines += ["", f"| model | pick @{args.target:.0%} MACs | proxy | MACs red. | predicted us | {clock} us ({args.stat}) | "
+              f"{clock} speedup | {clock} speedup (per-round median) | wall us | wall speedup |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         for label, p in res["picks"].items():
-            lines.append(f"| {res['model']} | {res['lut_seconds']:.0f} | {res['pearson_abs']:.3f} | "
-                         f"{res['pearson_ratio']:.3f} | {label} | {p['proxy']:.4f} | {100 * p['macs_reduction']:.1f}% | "
+            lines.append(f"| {res['model']} | {label} | {p['proxy']:.4f} | {100 * p['macs_reduction']:.1f}% | "
                          f"{p['predicted_us']:.0f} | {p[f'{clock}_us']:.0f} | {p[f'{clock}_speedup']:.2f}x | "
-                         f"{p['wall_us']:.0f} | {p['wall_speedup']:.2f}x |")
+                         f"{p[f'{clock}_round_speedup']:.2f}x | {p['wall_us']:.0f} | {p['wall_speedup']:.2f}x |")
         aware, macs = res["picks"]["latency_aware"], res["picks"]["macs_only"]
-        lines.append(f"| {res['model']} | | | | latency-aware / MACs-only ({clock}) | | | "
-                     f"{aware['predicted_us'] / macs['predicted_us']:.3f} | {aware[f'{clock}_us'] / macs[f'{clock}_us']:.3f} | | "
+        lines.append(f"| {res['model']} | latency-aware / MACs-only | | | {aware['predicted_us'] / macs['predicted_us']:.3f} | "
+                     f"{aware[f'{clock}_us'] / macs[f'{clock}_us']:.3f} | | {aware[f'{clock}_round_vs_macs_only']:.3f} | "
                      f"{aware['wall_us'] / macs['wall_us']:.3f} | |")
     return "\n".join(lines)
 
@@ -150,35 +166,35 @@ def main(argv=None) -> None:
     parser.add_argument("--plans", type=int, default=20)
     parser.add_argument("--pool", type=int, default=200)
     parser.add_argument("--target", type=float, default=0.7)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--clock", default="cpu", choices=("cpu", "wall"))
-    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--stat", default="min", choices=("min", "median"),
-                        help="per measurement: fastest block (robust on a shared machine) or median block")
-    parser.add_argument("--lut-repeats", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3, help="round-robin passes over all plans (and LUT points)")
+                        help="per model / LUT point over rounds: fastest block (robust on a shared machine) or median")
+    parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds over the baseline and all plans")
+    parser.add_argument("--block-ms", type=float, default=2.0, help="one timed block of a model lasts about this long")
+    parser.add_argument("--lut-repeats", type=int, default=15, help="interleaved rounds over all LUT grid points")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the wall-clock columns; the cpu clock uses 1)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="outputs/bench_latency.json")
+    parser.add_argument("--out", default="outputs/bench_latency.json", help="JSON; the table also goes to <stem>.md")
     args = parser.parse_args(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    torch.set_num_threads(args.threads)
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = "python scripts/bench_latency.py " + " ".join(shlex.quote(a) for a in given)
     started = time.perf_counter()
     results = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         results.append(bench_model(name, args))
-        print(f"{name}: r={results[-1]['pearson_abs']:.3f} (ratio r={results[-1]['pearson_ratio']:.3f}) "
+        print(f"{name}: r={results[-1]['pearson']:.3f} (retest r={results[-1]['retest_r']:.3f}), "
+              f"ratio r={results[-1]['pearson_ratio']:.3f} (retest r={results[-1]['retest_ratio_r']:.3f}) "
               f"after {time.perf_counter() - started:.0f}s", flush=True)
     wall = time.perf_counter() - started
+    footer = (f"command: `{command}`\n\nwall time: {wall:.0f} s; torch threads {args.threads}, clock {args.clock}, "
+              f"batch {args.batch}, {args.stat} of {args.rounds} interleaved rounds per model, LUT {args.lut_repeats} rounds")
     table = report(results, args)
-    print(table)
-    print(f"command: {command}\nwall time: {wall:.0f}s, torch threads {torch.get_num_threads()}, clock {args.clock}, "
-          f"stat {args.stat} of {args.repeats} blocks x {args.rounds} rounds")
+    print(f"{table}\n{footer}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from gaprune.utils.io import write_json
-
-    for res in results:
-        for p in res["picks"].values():
-            p.pop("plan", None)
     write_json(out, {"command": command, "wall_seconds": wall, "args": vars(args), "table": table, "results": results})
+    atomic_write_text(out.with_suffix(".md"), f"{table}\n\n{footer}\n")
     print(f"-> {out}")
 
 

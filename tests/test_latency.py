@@ -1,16 +1,19 @@
-"""Measured latency in the results table, the latency LUT (monotone in width, cached), the
-`latency` search objective and the target_latency pick."""
+"""Measured latency in the results table, interleaved timing, the latency LUT (monotone in width,
+calibrated to the measured model, cached by format version), the `latency` search objective and the
+target_latency pick."""
 from __future__ import annotations
 
+import json
 import random
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from gaprune.deploy import lut as lut_module
-from gaprune.deploy.latency import LatencySettings, latency_fields, measure_latency, speedup_fields
-from gaprune.deploy.lut import LatencyCost, LatencyLUT, load_or_measure, pearson
+from gaprune.deploy.latency import LatencySettings, latency_fields, measure_latency, speedup_fields, time_interleaved
+from gaprune.deploy.lut import LatencyCost, LatencyLUT, anchored_slope, load_or_measure, pearson
 from gaprune.engine.finetune import markdown_table
 from gaprune.models import build_model
 from gaprune.pruning.cost import CostModel
@@ -88,6 +91,44 @@ def test_lut_prediction_is_monotone_in_width(lenet, lenet_lut):
     assert lenet_lut.predict_widths([1] * len(units)) < lenet_lut.base_us
 
 
+def test_time_interleaved_rounds_and_order():
+    calls = {"slow": 0, "fast": 0}
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.002)
+
+    def fast():
+        calls["fast"] += 1
+
+    samples = time_interleaved([slow, fast], repeats=5, min_block_s=0.001, warmup=1)
+    assert samples.shape == (5, 2) and (samples > 0).all()
+    assert samples[:, 0].min() > 0.0015 > samples[:, 1].max()
+    assert calls["slow"] >= 1 + 1 + 5  # warmup, block-size probe, at least one call per round
+    assert calls["fast"] > 2 * calls["slow"]  # many calls per block
+
+
+def test_anchored_slope_recovers_scale_through_the_full_width_point():
+    lut = np.array([100.0, 200.0, 300.0])
+    assert anchored_slope(lut, 50 + 1.3 * (lut - 400) + 1000, 400.0, 1050.0) == pytest.approx(1.3)
+    noisy = anchored_slope(lut, 1050 + 1.3 * (lut - 400) + np.array([5.0, -5.0, 0.0]), 400.0, 1050.0)
+    assert noisy == pytest.approx(1.3, abs=0.05)
+    assert anchored_slope(lut, 1050 + 3.7 * (lut - 400), 400.0, 1050.0) == pytest.approx(3.7)  # unmodelled ops
+    assert anchored_slope(lut, 1050 - 0.2 * (lut - 400), 400.0, 1050.0) == 1.0  # noise: never a falling prediction
+    assert anchored_slope([400.0], [900.0], 400.0, 1050.0) == 1.0  # calibration at full width: no slope
+
+
+def test_lut_calibration_keeps_full_width_exact(lenet, lenet_lut):
+    _, units = lenet
+    assert [c["fraction"] for c in lenet_lut.meta["calibration"]] == [0.3, 0.55, 0.8]
+    assert lenet_lut.slope > 0
+    full = [u.channels for u in units]
+    half = [max(1, u.channels // 2) for u in units]
+    assert lenet_lut.predict_widths(full) == pytest.approx(lenet_lut.base_us)
+    assert lenet_lut.base_us - lenet_lut.predict_widths(half) == pytest.approx(
+        lenet_lut.slope * (lenet_lut.lut_us() - lenet_lut.lut_us(half)))
+
+
 def test_lut_cache_round_trip(lenet, tmp_path, monkeypatch):
     model, units = lenet
     checkpoint = tmp_path / "lenet5-digits.pt"
@@ -104,10 +145,19 @@ def test_lut_cache_round_trip(lenet, tmp_path, monkeypatch):
     again = load_or_measure(model, units, X0, "cpu", checkpoint, tmp_path / "cache", repeats=1, clock="cpu")
     assert len(calls) == 1 and again.base_us == first.base_us
     (cached,) = (tmp_path / "cache").glob("*.json")
-    assert cached.name.startswith("lenet5-digits-") and "latency-cpu-1tcpu" in cached.name and "1x32x32-b1" in cached.name
+    assert cached.name.startswith("lenet5-digits-") and "1x32x32-b1" in cached.name
+    assert f"latency-v{lut_module.VERSION}-cpu-1tcpu" in cached.name
+    assert again.slope == first.slope and again.predict_widths([1] * len(units)) == first.predict_widths([1] * len(units))
     cached.write_text("{broken")
     load_or_measure(model, units, X0, "cpu", checkpoint, tmp_path / "cache", repeats=1, clock="cpu")
     assert len(calls) == 2  # a damaged cache is re-measured
+    data = json.loads(cached.read_text())
+    cached.write_text(json.dumps({**data, "version": lut_module.VERSION - 1}))
+    load_or_measure(model, units, X0, "cpu", checkpoint, tmp_path / "cache", repeats=1, clock="cpu")
+    assert len(calls) == 3  # an older format under the same name is re-measured
+    monkeypatch.setattr(lut_module, "VERSION", lut_module.VERSION + 1)
+    load_or_measure(model, units, X0, "cpu", checkpoint, tmp_path / "cache", repeats=1, clock="cpu")
+    assert len(calls) == 4 and len(list((tmp_path / "cache").glob("*.json"))) == 2  # a new format: a new file
 
 
 class _Proxy:
@@ -177,13 +227,36 @@ def test_config_keys_compose_and_validate():
         validate_latency(_compose("optimizer.objectives=[proxy,latency]", "latency_lut.clock=sundial"))
 
 
-def test_paper_report_shows_speedup_columns():
+def _script(name: str):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("report", Path(__file__).resolve().parents[1] / "scripts" / "report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latency_benchmark_reports_fit_and_picks(tmp_path):
+    bench = _script("bench_latency")
+    threads = torch.get_num_threads()
+    try:
+        bench.main(["--models", "lenet5", "--plans", "3", "--pool", "4", "--rounds", "2", "--lut-repeats", "1",
+                    "--block-ms", "0.2", "--out", str(tmp_path / "bench.json")])
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    (res,) = data["results"]
+    assert len(res["measured_us"]) == len(res["predicted_us"]) == len(res["measured_ratio"]) == 3
+    assert res["spread"] >= 1.0 and res["batch"] == 1 and res["threads"] == 1
+    for pick in res["picks"].values():
+        assert pick["macs_reduction"] >= 0.7 and pick["cpu_speedup"] > 0 and pick["wall_speedup"] > 0
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "--models lenet5" in markdown and "wall time:" in markdown and "| lenet5 | 1 |" in markdown
+
+
+def test_paper_report_shows_speedup_columns():
+    report = _script("report")
     row = {"method": "nsga2", "test_acc": 0.9, "test_acc_delta": -0.01, "macs_reduction": 0.7, "params_reduction": 0.6,
            "latency_ms": 1.0, "speedup": 2.5, "throughput_speedup": 3.0}
     text = report.table([row], {"test_acc": 0.91, "latency_ms": 2.5}, "t")

@@ -10,16 +10,21 @@ Invariants:
   `clock="cpu"` (CPU only) times the thread's CPU time on 1 thread instead of wall time, which
   does not count time lost to other processes on a shared machine;
 - the model's train/eval mode and device are restored afterwards; weights are never changed.
+`time_interleaved` times many callables against each other on a shared machine: round-robin
+blocks (a fresh random order per round), so a slow spell hits one round of every callable, not all
+rounds of one; callers reduce the per-round samples (the minimum: the least disturbed block).
 `latency_fields` turns two measurements (batch 1 and a throughput batch) into the results-table
 fields; `speedup_fields` compares them with the baseline's as ratios (> 1 means faster).
 """
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils import benchmark
@@ -106,6 +111,37 @@ def time_callable(fn: Callable[[], Any], warmup: int = 3, repeats: int = 7, min_
     return float(min(means) if stat == "min" else statistics.median(means)), number
 
 
+def inference_call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    """`module(x)` under `torch.inference_mode`, as a callable to time."""
+    def forward() -> Any:
+        with torch.inference_mode():
+            return module(x)
+
+    return forward
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int = 15, min_block_s: float = 0.001,
+                     clock: str = "wall", warmup: int = 2, seed: int = 0) -> np.ndarray:
+    """Seconds per call, shape (repeats, len(fns)): round r times one block of every callable (about
+    `min_block_s` each, at least one call) in a seeded random order; `Timer.timeit` runs untimed
+    warm-up calls of the same callable before each block, so a block times it warm after the others."""
+    extra = {"timer": time.thread_time} if clock == "cpu" else {}
+    timers, numbers = [], []
+    for fn in fns:
+        timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=clock_threads(clock), **extra)
+        for _ in range(max(0, warmup)):
+            fn()
+        timers.append(timer)
+        numbers.append(max(1, int(min_block_s / max(timer.timeit(1).mean, 1e-7))))
+    order, rng = list(range(len(fns))), random.Random(seed)
+    samples = np.empty((max(1, int(repeats)), len(fns)))
+    for row in samples:
+        rng.shuffle(order)
+        for index in order:
+            row[index] = timers[index].timeit(numbers[index]).mean
+    return samples
+
+
 def measure_latency(model: nn.Module, example: torch.Tensor, batch: int, device: torch.device | str,
                     warmup: int = 3, repeats: int = 7, min_block_s: float = 0.01, clock: str = "wall",
                     stat: str = "median") -> Timing:
@@ -120,13 +156,8 @@ def measure_latency(model: nn.Module, example: torch.Tensor, batch: int, device:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn((int(batch), *example.shape[1:]), generator=generator).to(device)
     model.eval().to(device)
-
-    def forward() -> Any:
-        with torch.inference_mode():
-            return model(x)
-
     try:
-        seconds, number = time_callable(forward, warmup, repeats, min_block_s, clock, stat)
+        seconds, number = time_callable(inference_call(model, x), warmup, repeats, min_block_s, clock, stat)
     finally:
         model.train(was_training).to(old_device)
     return Timing(seconds, int(batch), clock_threads(clock), device_name(device), number, int(repeats), clock)

@@ -5,7 +5,7 @@
   device (`gaprune.deploy.lut`, cached beside the importance cache under
   `<paths.checkpoints>/cache/`), built only when the search asks for latency: `latency` in
   `optimizer.objectives`, `objective.w_latency`, `objective.target_latency_reduction` or
-  `pick=target_latency`. LUT options: top-level `latency_lut` (batch, repeats, clock).
+  `pick=target_latency`. LUT options: top-level `latency_lut` (batch, repeats = interleaved timing rounds, clock).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from gaprune.deploy.lut import LatencyCost, load_or_measure
 from gaprune.pipeline.setup import plain
 from gaprune.utils.errors import GapruneError
 
-LUT_DEFAULTS = {"batch": 1, "repeats": 5, "clock": "wall"}
+LUT_DEFAULTS = {"batch": 1, "repeats": 15, "clock": "wall"}
 
 
 def latency_settings(cfg: DictConfig) -> LatencySettings | None:
@@ -50,7 +50,8 @@ def search_latency_cost(cfg: DictConfig, run) -> LatencyCost | None:
     lut = load_or_measure(run.model, run.units, run.x0, run.device, checkpoint=run.baseline_path,
                           cache_dir=Path(cfg.paths.checkpoints) / "cache", batch=int(options["batch"]),
                           repeats=int(options["repeats"]), clock=options["clock"])
-    print(f"latency LUT: {len(lut.tables)} layer tables, baseline {lut.base_us:.0f} us at batch {options['batch']} "
+    print(f"latency LUT: {len(lut.tables)} layer tables, baseline {lut.base_us:.0f} us at batch {options['batch']}, "
+          f"calibration slope {lut.slope:.2f} "
           f"on {lut.meta['key']['device']} ({lut.meta['key']['threads']} threads, {options['clock']} clock)")
     return LatencyCost(lut, run.units)
 
