@@ -27,7 +27,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils import benchmark
 
 from gaprune.utils.errors import GapruneError
 
@@ -96,13 +95,21 @@ def clock_threads(clock: str = "wall") -> int:
     return 1 if clock == "cpu" else torch.get_num_threads()
 
 
+def timer_for(fn: Callable[[], Any], clock: str):
+    """A torch.utils.benchmark Timer of `fn()` (imported here: importing it costs ~1.5 s and, on a
+    machine with a CUDA toolkit but no driver, prints a warning into every run)."""
+    from torch.utils import benchmark
+
+    extra = {"timer": time.thread_time} if clock == "cpu" else {}
+    return benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=clock_threads(clock), **extra)
+
+
 def time_callable(fn: Callable[[], Any], warmup: int = 3, repeats: int = 7, min_block_s: float = 0.01,
                   clock: str = "wall", stat: str = "median") -> tuple[float, int]:
     """(median seconds per call, calls per block) of `fn` with torch.utils.benchmark; `clock=cpu`
     times the calling thread's CPU time on 1 thread (time lost to other processes is not counted);
     `stat=min` takes the fastest block instead of the median (benchmarks on a noisy machine)."""
-    extra = {"timer": time.thread_time} if clock == "cpu" else {}
-    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=clock_threads(clock), **extra)
+    timer = timer_for(fn, clock)
     for _ in range(max(0, warmup)):
         fn()
     first = timer.timeit(1).mean
@@ -125,10 +132,9 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], repeats: int = 15, min_bl
     """Seconds per call, shape (repeats, len(fns)): round r times one block of every callable (about
     `min_block_s` each, at least one call) in a seeded random order; `Timer.timeit` runs untimed
     warm-up calls of the same callable before each block, so a block times it warm after the others."""
-    extra = {"timer": time.thread_time} if clock == "cpu" else {}
     timers, numbers = [], []
     for fn in fns:
-        timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=clock_threads(clock), **extra)
+        timer = timer_for(fn, clock)
         for _ in range(max(0, warmup)):
             fn()
         timers.append(timer)
