@@ -9,19 +9,23 @@ generation / epoch). Two processes may share the work with disjoint --models / -
 
 Arms (each fine-tuned by the library's shared KD routine with the same recipe and seeded batches):
   default        what a user gets with pick=target_macs: NSGA-II, fitness=calib (adaptive BN on for
-                 BN models), genomes repaired onto the target, first population seeded with the
-                 one-shot plans, the best plans at the target re-ranked by a short fine-tune (finalists)
+                 BN models), channels by L1 norm, genomes repaired onto the target, first population
+                 seeded with the one-shot plans, the best plans at the target re-ranked by a short
+                 fine-tune (finalists)
   ga             single-objective GA at the target (same defaults)
   random         random search, same evaluation budget, same repair onto the target and the same
                  finalist re-ranking (no seeds)
-  taylor_nsga2   NSGA-II with the paper's data-free taylor_proxy fitness (no finalists: data-free)
-  no_finalists, ga_no_finalists, random_no_finalists
-                 (opt-in ablation) the three searches above picking the highest proxy at the target
+  taylor_nsga2   NSGA-II with the paper's data-free taylor_proxy fitness and Taylor importance (no
+                 finalists: data-free, as published)
   global_taylor  one-shot global Taylor (rule min) at the target
   uniform_l1     one-shot uniform keep ratio, L1 filters, at the target
-  plain_nsga2    (opt-in) the previous default: no repair, no seeds, no adaptive BN
-  default_l1     (opt-in diagnostic) the default search choosing channels by L1 norm instead of
-                 Taylor importance: separates allocation from channel choice against uniform L1
+Opt-in ablations (--arms):
+  no_finalists   the default search picking the highest proxy at the target
+  taylor         the default search choosing channels by Taylor importance (8 val batches)
+  previous_default, previous_ga, previous_random
+                 the three searches as they were before finalists and L1: Taylor importance,
+                 highest proxy at the target
+  plain_nsga2    the default before repair / seeds / adaptive BN (and before finalists and L1)
 
 Proxy fidelity (--fidelity): random ratio_strategy plans within target +- window of the fidelity
 model's baseline, every fitness scored, each plan fine-tuned with one equal short budget; Kendall
@@ -73,27 +77,30 @@ SEARCH_ARMS = {
     "default": ["optimizer=nsga2", "fitness=calib"],
     "ga": ["optimizer=ga", "fitness=calib"],
     "random": ["optimizer=random", "fitness=calib"],
-    "taylor_nsga2": ["optimizer=nsga2", "fitness=taylor_proxy", "finalists.count=0"],  # data-free, as published
+    "taylor_nsga2": ["optimizer=nsga2", "fitness=taylor_proxy", "importance=taylor", "finalists.count=0"],
     "no_finalists": ["optimizer=nsga2", "fitness=calib", "finalists.count=0"],
-    "ga_no_finalists": ["optimizer=ga", "fitness=calib", "finalists.count=0"],
-    "random_no_finalists": ["optimizer=random", "fitness=calib", "finalists.count=0"],
-    "plain_nsga2": ["optimizer=nsga2", "fitness=calib", "fitness.params.adaptive_bn=false",
-                    "objective.repair_to_target=false", "optimizer.seed_with_oneshot=false"],
-    "default_l1": ["optimizer=nsga2", "fitness=calib", "importance=l1"],
+    "taylor": ["optimizer=nsga2", "fitness=calib", "importance=taylor"],
+    "previous_default": ["optimizer=nsga2", "fitness=calib", "importance=taylor", "finalists.count=0"],
+    "previous_ga": ["optimizer=ga", "fitness=calib", "importance=taylor", "finalists.count=0"],
+    "previous_random": ["optimizer=random", "fitness=calib", "importance=taylor", "finalists.count=0"],
+    "plain_nsga2": ["optimizer=nsga2", "fitness=calib", "importance=taylor", "finalists.count=0",
+                    "fitness.params.adaptive_bn=false", "objective.repair_to_target=false",
+                    "optimizer.seed_with_oneshot=false"],
 }
 ONESHOT_ARMS = {"global_taylor": ["oneshot=global_taylor", "oneshot.params.rule=min"],
                 "uniform_l1": ["oneshot=uniform_l1"]}
 ARMS = ("default", "ga", "random", "taylor_nsga2", "global_taylor", "uniform_l1")
 LABELS = {"default": "search: NSGA-II + calib (default)", "ga": "search: single-objective GA + calib",
           "random": "random search, same budget", "taylor_nsga2": "search: NSGA-II + taylor_proxy (data-free)",
-          "plain_nsga2": "search: NSGA-II + calib, previous default",
-          "default_l1": "search: default, channels by L1 norm",
-          "no_finalists": "search: NSGA-II + calib, highest proxy (no finalists)",
-          "ga_no_finalists": "search: GA + calib, highest proxy (no finalists)",
-          "random_no_finalists": "random search, highest proxy (no finalists)", "global_taylor": "global Taylor (min)",
-          "uniform_l1": "uniform L1"}
+          "no_finalists": "ablation: default without finalists (highest proxy)",
+          "taylor": "ablation: default with channels by Taylor importance",
+          "previous_default": "ablation: NSGA-II, Taylor channels, highest proxy (previous default)",
+          "previous_ga": "ablation: GA, Taylor channels, highest proxy (previous default)",
+          "previous_random": "ablation: random search, Taylor channels, highest proxy (previous default)",
+          "plain_nsga2": "ablation: NSGA-II + calib before repair, seeds, adaptive BN",
+          "global_taylor": "global Taylor (min)", "uniform_l1": "uniform L1"}
 FITNESSES = {  # proxy name -> overrides; every calib proxy is also reported as <name>_neg_loss (-calib loss)
-    "taylor_proxy": ["fitness=taylor_proxy"],
+    "taylor_proxy": ["fitness=taylor_proxy", "importance=taylor"],  # the paper's data-free proxy
     "calib": ["fitness=calib", "fitness.params.adaptive_bn=false"],
     "calib_adaptive_bn": ["fitness=calib", "fitness.params.adaptive_bn=true"],
     "distortion": ["fitness=distortion"],
@@ -265,7 +272,7 @@ def fidelity(args) -> dict[str, Any] | None:
     scores_path = root / "scores.json"
     model = fid["model"]
     seed = 0
-    base = common(args, model, seed) + [f"finetune.epochs={fid['epochs']}"]
+    base = common(args, model, seed) + [f"finetune.epochs={fid['epochs']}", "importance=taylor"]  # plans as first drawn
     if not scores_path.is_file():
         write_json(scores_path, score_fidelity_plans(args, base, fid))
     scored = read_json(scores_path)

@@ -83,14 +83,14 @@ def test_seeds_are_the_oneshot_plans_at_the_target(resnet, setup) -> None:
     encoding, cost = setup
     _, units, importance, _ = resnet
     seeds = target_seeds(encoding, cost, importance, 0.6)
-    assert set(seeds) == {"uniform", "global_taylor"}
+    assert set(seeds) == {"uniform", "global"}
     for genome in seeds.values():
         plan = encoding.decode(genome)
         assert 0.6 <= macs_reduction(cost, plan) <= 0.63
         assert set(plan.strategies.values()) == {"min"}
     uniform = encoding.decode(seeds["uniform"]).keep_ratios()
     assert max(uniform.values()) - min(uniform.values()) < 0.1  # one ratio (up to rounding)
-    allocation = encoding.decode(seeds["global_taylor"]).keep_ratios()
+    allocation = encoding.decode(seeds["global"]).keep_ratios()
     assert max(allocation.values()) - min(allocation.values()) > 0.1  # a real layer-wise allocation
 
 

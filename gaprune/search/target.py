@@ -102,7 +102,7 @@ class TargetRepair:
 def target_seeds(encoding: KeepRatioEncoding, cost: CostModel, importance: dict[str, np.ndarray],
                  target: float) -> dict[str, list[float]]:
     """Genomes of the one-shot allocations at `target` (strategy `min` in every unit):
-    `uniform` (one keep ratio everywhere) and `global_taylor` (one global threshold on importance
+    `uniform` (one keep ratio everywhere) and `global` (one global threshold on importance
     normalised by each unit's mean, as `oneshot=global_taylor` does)."""
     repair = TargetRepair(encoding, cost, target, tolerance=0.0)
     min_gene = float(encoding.strategies.index("min")) if "min" in encoding.strategies else 0.0
@@ -123,5 +123,5 @@ def target_seeds(encoding: KeepRatioEncoding, cost: CostModel, importance: dict[
             hi = mid
         else:
             lo = mid + 1
-    seeds["global_taylor"] = genome_after(lo)
+    seeds["global"] = genome_after(lo)
     return seeds
