@@ -33,7 +33,9 @@ from gaprune.utils.errors import GapruneError
 FAST = ["resnet18", "mobilenet_v2", "regnet_x_400mf", "shufflenet_v2_x0_5", "squeezenet1_1"]
 ALL = tvm.list_models(module=tvm)
 SIZES = {"inception_v3": 75, "maxvit_t": 224}  # smallest input each runs at (gaprune's error says so)
-HUGE = {}  # name -> why a check is impractical on a CPU (minutes per check)
+_DENSE = ("2-4 min per check on a 2-core CPU: torch-pruning rebuilds the graph and prunes each of its 160-200 "
+          "units (two per dense layer) one group at a time, twice; densenet121 covers the architecture")
+HUGE = {"densenet161": _DENSE, "densenet169": _DENSE, "densenet201": _DENSE}  # name -> why a check is impractical on a CPU
 
 
 def _params(names):
@@ -139,3 +141,25 @@ def test_small_input_pools_fit_and_special_layers_are_handled() -> None:
     unit = units["trunk_output.block1.block1-0.f.b.0"]
     assert conv.groups == 2 and unit.channels == conv.out_channels // conv.groups
     assert sorted(np.bincount(next(s.root for s in unit.slices if s.layer == unit.name))) == [2] * unit.channels
+
+
+class _FixedHeads(torch.nn.Module):
+    """conv -> a reshape to a fixed 4 heads of 2 channels -> conv: the first conv's width is not prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        y = y.reshape(y.shape[0], 4, 2, *y.shape[2:]).flip(1).flatten(1, 2)
+        return self.c(self.b(y)).mean((2, 3))
+
+
+def test_groups_the_forward_or_torch_pruning_cannot_take_are_not_genes() -> None:
+    model = _FixedHeads().eval()
+    with pytest.warns(UserWarning, match="a \\(the forward rejects a pruned width"):
+        assert [u.name for u in discover_units(model, torch.zeros(1, 3, 4, 4))] == ["b"]
+    with pytest.raises(GapruneError, match="torch-pruning cannot trace the channel dependencies of SwinTransformer") as err:
+        discover_units(build_model("torchvision.swin_s", 10, 3, 32).eval(), torch.zeros(1, 3, 32, 32))
+    assert "\n" not in str(err.value)

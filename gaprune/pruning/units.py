@@ -13,7 +13,8 @@ same in-group positions in every conv group: its unit channel j stands for root 
 j, j + C/G, j + 2C/G, ... (G = the groups, C = the root's width), so a plan keeps whole columns
 of groups and the conv stays grouped. Groups torch-pruning cannot prune consistently (channels
 through ShuffleNet's channel shuffle, multi-dim layer norms, layers we cannot slice) are not
-genes; discovery says so in one warning line.
+genes, nor are groups whose narrower widths the model's forward rejects (attention reshaping to
+a fixed head count); discovery says so in one warning line.
 """
 from __future__ import annotations
 
@@ -74,10 +75,17 @@ _BARRIERS = {ChannelShuffle: "channel shuffle (permutes channels)"}
 
 
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's graph of `model`; a crash inside torch-pruning's tracing (an architecture it
+    cannot follow, e.g. Swin-S/B's channels-last patch merging) is a one-line error."""
     with torch.enable_grad(), warnings.catch_warnings():  # tracing needs autograd, even under no_grad
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
-                                                     customized_pruners={kind: _Barrier() for kind in _BARRIERS})
+        try:
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                         customized_pruners={kind: _Barrier() for kind in _BARRIERS})
+        except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, AttributeError) as err:
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise GapruneError(f"torch-pruning cannot trace the channel dependencies of {type(model).__name__} "
+                               f"({type(err).__name__}: {first}); it has no prunable channel groups") from None
 
 
 def _depthwise(module: nn.Module) -> bool:
@@ -178,6 +186,7 @@ def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear
         outs.sort(key=order.get)
         units.append(PrunableUnit(label, channels, outs, dict(sorted(ins.items(), key=lambda kv: order[kv[0]])), slices))
     units.sort(key=lambda u: order[u.name])
+    units = _forward_accepts(model, units, example_input, skipped)
     if skipped:
         warnings.warn(f"{len(skipped)} channel group(s) are not genes (torch-pruning cannot prune them "
                       f"consistently): {'; '.join(skipped)}", stacklevel=2)
@@ -219,6 +228,42 @@ def _group_columns(model: nn.Module, found: dict[tuple[str, str], dict[int, int]
     if width % groups:
         return 1, f"{width} channels do not split into {groups} conv groups"
     return groups, None
+
+
+def _forward_accepts(model: nn.Module, units: list[PrunableUnit], example: torch.Tensor,
+                     skipped: list[str]) -> list[PrunableUnit]:
+    """The units whose narrower widths the model's forward accepts: one sliced forward with one
+    channel fewer in every unit, bisected only on failure (e.g. attention that reshapes to a fixed
+    head count, MaxViT); the others are added to `skipped` with the error."""
+    from gaprune.pruning.plan import Plan
+    from gaprune.pruning.slicing import sliced_forward, sliced_state
+
+    def error(subset: list[PrunableUnit]) -> str | None:
+        plan = Plan(keep={u.name: tuple(range(1, u.channels)) for u in subset}, channels={u.name: u.channels for u in subset})
+        try:
+            with torch.no_grad():
+                sliced_forward(model, sliced_state(model, subset, plan), example[:1])
+        except (RuntimeError, ValueError, IndexError) as err:
+            return str(err).splitlines()[0] if str(err) else type(err).__name__
+        return None
+
+    def accepted(subset: list[PrunableUnit]) -> list[PrunableUnit]:
+        why = error(subset) if subset else None
+        if why is None:
+            return subset
+        if len(subset) == 1:
+            skipped.append(f"{subset[0].name} (the forward rejects a pruned width: {why})")
+            return []
+        half = len(subset) // 2
+        return accepted(subset[:half]) + accepted(subset[half:])
+
+    was_training = model.training
+    model.eval()
+    try:
+        kept = {id(u) for u in accepted([u for u in units if u.channels > 1])}
+    finally:
+        model.train(was_training)
+    return [u for u in units if u.channels == 1 or id(u) in kept]
 
 
 def channel_dim(module: nn.Module, output: torch.Tensor) -> int:
