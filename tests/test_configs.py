@@ -104,3 +104,18 @@ def test_entry_configs_compose(primary: str) -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(primary)
     assert cfg.task == primary and cfg.searcher.name == "network"
+
+
+def test_any_torchvision_builder_is_a_model_choice_without_a_yaml_per_builder() -> None:
+    """model=torchvision.<fn> is served from conf/model/torchvision.yaml (hydra_plugins/gaprune_torchvision):
+    the template's keys, none of the default model's (lenet5's include_linear: true)."""
+    from hydra.errors import HydraException
+
+    assert not (CONF / "model" / "torchvision.resnet50.yaml").exists()
+    model = composed("model", "torchvision.resnet50").model
+    assert plain(model) == {"name": "torchvision.resnet50", "include_linear": False, "params": {}}
+    assert composed("model", "lenet5").model.include_linear is True  # the default it must not inherit
+    with pytest.raises(HydraException) as err:
+        composed("model", "torchvision.resnet5")
+    message = str(err.value)
+    assert "\n" not in message and "no classification model 'resnet5'" in message and "list_models" in message

@@ -264,3 +264,22 @@ def test_paper_report_shows_speedup_columns():
     assert "speedup" in lines[2] and lines[4].endswith("| 2.500 | - | - |") and lines[5].endswith("| 2.50x | 3.00x |")
     assert "speedup" not in report.table([{k: v for k, v in row.items() if "latency" not in k and "speedup" not in k}],
                                          {"test_acc": 0.91}, "t")
+
+
+def test_lut_times_a_grouped_unit_at_its_real_widths() -> None:
+    """A grouped conv's unit channel is one channel per conv group: the LUT's layer for it is
+    grouped, and kept unit channels become widths x groups (a ResNeXt / RegNet block)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1, groups=2), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 6, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(6, 10)).eval()
+    x0 = torch.zeros(1, 3, 8, 8)
+    units = discover_units(model, x0)
+    assert [u.channels for u in units] == [4, 4, 6]  # 8 channels over 2 groups: 4 unit channels each
+    ops = {op.name: op for op in lut_module.trace_ops(model, units, x0)}
+    grouped = ops["3"]
+    assert (grouped.in_width, grouped.in_repeat, grouped.out_width, grouped.out_repeat) == (4, 2, 4, 2)
+    layer, shape = lut_module._layer(grouped, 3, 1)
+    assert (layer.in_channels, layer.out_channels, layer.groups, shape) == (6, 2, 2, (6, 8, 8))
+    assert lut_module._layer(ops["4"], 3, 3)[0].num_features == 6

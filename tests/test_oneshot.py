@@ -17,7 +17,7 @@ from gaprune.engine.checkpoint import example_input, load_model, read_checkpoint
 from gaprune.models import build_model
 from gaprune.oneshot import OneshotContext, build_pruner
 from gaprune.oneshot.rate_distortion import allocate, layer_distortion, logits, measure_curves
-from gaprune.oneshot.structured import taylor_mass_kept
+from gaprune.oneshot.structured import slimming_scores, taylor_mass_kept
 from gaprune.oneshot.unstructured import apportion, keep_budget, lamp_scores
 from gaprune.pruning.masking import sparse_layers
 from gaprune.pruning.physical import count_macs_params, prune_model
@@ -107,6 +107,31 @@ def test_slimming_thresholds_bn_gammas_globally(lenet):
         build_pruner("slimming", target_macs_reduction=0.5).run(plain_resnet)
     with pytest.raises(GapruneError, match="no BatchNorm"):
         build_pruner("slimming", target_macs_reduction=0.5).run(lenet)
+
+
+def test_slimming_reads_only_each_units_channels_of_a_concatenating_batchnorm():
+    """DenseNet: a BN reading a concatenation is wider than any one unit; a layer's score is the
+    mean |gamma| over its own positions there (offsets by hand below), and the plan prunes exactly."""
+    import torchvision.models as tvm
+
+    torch.manual_seed(0)
+    model = tvm.DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=10).eval()
+    x0 = torch.zeros(1, 3, 32, 32)
+    units = discover_units(model, x0)
+    with torch.no_grad():  # gamma = BN position + 1 (x 1e-3 for half of them: sparse enough)
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.weight.copy_((torch.arange(bn.num_features) + 1.0) * torch.where(torch.arange(bn.num_features) % 2 == 0, 1.0, 1e-3))
+    ctx = OneshotContext(model, units, x0)
+    scores = slimming_scores(model, units)
+    result = build_pruner("slimming", target_macs_reduction=0.3).run(ctx)
+    gamma = lambda pos: (pos + 1.0) * np.where(pos % 2 == 0, 1.0, 1e-3)  # noqa: E731
+    c = np.arange(4)
+    # block 1, layer 1's 4 channels: positions 8..11 of denselayer2.norm1 and of transition1.norm
+    np.testing.assert_allclose(scores["features.denseblock1.denselayer1.conv2"], (gamma(8 + c) + gamma(8 + c)) / 2)
+    # block 1, layer 2: positions 12..15 of transition1.norm only
+    np.testing.assert_allclose(scores["features.denseblock1.denselayer2.conv2"], gamma(12 + c))
+    assert result.info["macs_reduction"] >= 0.3
+    assert count_macs_params(prune_model(model, units, result.plan, x0), x0) == ctx.cost_model().cost(result.plan)
 
 
 # --- unstructured -------------------------------------------------------------------------------

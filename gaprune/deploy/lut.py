@@ -55,19 +55,22 @@ class LayerOp:
     kind: str  # conv | linear | bn
     in_unit: int  # -1: width fixed
     out_unit: int
-    in_width: int  # channels (conv/bn) or kept-channel count (linear: features = channels * in_repeat)
-    out_width: int
+    in_width: int  # unit channels in (layer width = in_width * in_repeat: a flatten's features, a grouped unit's groups)
+    out_width: int  # unit channels out (layer width = out_width * out_repeat)
     in_repeat: int
-    geometry: dict[str, Any]  # conv: kernel, stride, padding, dilation, depthwise, bias, hw; linear: bias
+    geometry: dict[str, Any]  # conv: kernel, stride, padding, dilation, depthwise, groups, bias, hw; linear: bias
+    out_repeat: int = 1
 
     def key(self) -> str:
-        return json.dumps([self.kind, self.in_width, self.out_width, self.in_repeat, self.geometry], sort_keys=True)
+        return json.dumps([self.kind, self.in_width, self.out_width, self.in_repeat, self.out_repeat, self.geometry],
+                          sort_keys=True)
 
 
 def trace_ops(model: nn.Module, units: Sequence[PrunableUnit], example: torch.Tensor) -> list[LayerOp]:
     """The conv / linear / BN layers whose width follows some unit, with their input shapes."""
     out_unit = {name: i for i, unit in enumerate(units) for name in unit.out_modules}
     in_unit = {name: (i, rep) for i, unit in enumerate(units) for name, rep in unit.in_modules.items()}
+    out_repeat = {s.layer: len(s.idx) // unit.channels for unit in units for s in unit.slices if s.kind == "out"}
     shapes: dict[str, tuple[int, ...]] = {}
     trace_layers(model, example, set(out_unit) | set(in_unit),
                  lambda name, _m, inputs, _o: shapes.__setitem__(name, tuple(inputs[0].shape)))
@@ -76,21 +79,24 @@ def trace_ops(model: nn.Module, units: Sequence[PrunableUnit], example: torch.Te
         module = model.get_submodule(name)
         unit_in, repeat = in_unit.get(name, (-1, 1))
         unit_out = out_unit.get(name, -1)
+        out_rep = out_repeat.get(name, 1) if unit_out >= 0 else 1
         if isinstance(module, nn.Conv2d):
             depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
             geometry = {"kernel": list(module.kernel_size), "stride": list(module.stride),
                         "padding": list(module.padding) if not isinstance(module.padding, str) else module.padding,
                         "dilation": list(module.dilation), "depthwise": depthwise, "bias": module.bias is not None,
-                        "hw": list(shape[2:])}
+                        "groups": 1 if depthwise else module.groups, "hw": list(shape[2:])}
             if depthwise:
                 unit_in = unit_out = unit_out if unit_out >= 0 else unit_in
-            ops.append(LayerOp(name, "conv", unit_in, unit_out, module.in_channels, module.out_channels, 1, geometry))
+                repeat = out_rep = out_rep if unit_out >= 0 else repeat
+            ops.append(LayerOp(name, "conv", unit_in, unit_out, module.in_channels // repeat, module.out_channels // out_rep,
+                               repeat, geometry, out_rep))
         elif isinstance(module, nn.Linear):
-            ops.append(LayerOp(name, "linear", unit_in, unit_out, module.in_features // repeat, module.out_features,
-                               repeat, {"bias": module.bias is not None}))
+            ops.append(LayerOp(name, "linear", unit_in, unit_out, module.in_features // repeat, module.out_features // out_rep,
+                               repeat, {"bias": module.bias is not None}, out_rep))
         elif isinstance(module, nn.modules.batchnorm._BatchNorm) and len(shape) == 4:
-            ops.append(LayerOp(name, "bn", unit_out, unit_out, module.num_features, module.num_features, 1,
-                               {"hw": list(shape[2:])}))
+            ops.append(LayerOp(name, "bn", unit_out, unit_out, module.num_features // out_rep,
+                               module.num_features // out_rep, out_rep, {"hw": list(shape[2:])}, out_rep))
     return sorted(ops, key=lambda op: op.name)
 
 
@@ -99,17 +105,18 @@ def grid(width: int, fractions: Sequence[float] = FRACTIONS) -> list[int]:
 
 
 def _layer(op: LayerOp, cin: int, cout: int) -> tuple[nn.Module, tuple[int, ...]]:
-    """A fresh layer of `op`'s geometry at (cin kept input, cout kept output) widths, and its input shape."""
+    """A fresh layer of `op`'s geometry at (cin kept input, cout kept output) unit channels, and its input shape."""
     g = op.geometry
+    cin, cout = cin * op.in_repeat, cout * op.out_repeat
     if op.kind == "conv":
-        groups = cin if g["depthwise"] else 1
+        groups = cin if g["depthwise"] else g.get("groups", 1)
         cout = cin if g["depthwise"] else cout
         layer = nn.Conv2d(cin, cout, tuple(g["kernel"]), tuple(g["stride"]),
                           g["padding"] if isinstance(g["padding"], str) else tuple(g["padding"]),
                           tuple(g["dilation"]), groups=groups, bias=g["bias"])
         return layer, (cin, *g["hw"])
     if op.kind == "linear":
-        return nn.Linear(cin * op.in_repeat, cout, bias=g["bias"]), (cin * op.in_repeat,)
+        return nn.Linear(cin, cout, bias=g["bias"]), (cin,)
     return nn.BatchNorm2d(cin), (cin, *g["hw"])
 
 

@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gaprune.engine.training import TrainConfig, make_optimizer
+from gaprune.pruning.importance import unit_channel_mean
 from gaprune.pruning.plan import Plan
 from gaprune.pruning.units import PrunableUnit
 from gaprune.utils.errors import GapruneError
@@ -211,13 +212,13 @@ def carry_optimizer(old_model: nn.Module, optimizer: torch.optim.Optimizer, sche
 
 
 def unit_gammas(model: nn.Module, units: Sequence[PrunableUnit], cumulative: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Per unit: cumulative |gamma| averaged over the unit's BatchNorms."""
+    """Per unit channel: cumulative |gamma| averaged over the unit's own channels of its BatchNorms."""
     scores = {}
     for unit in units:
-        names = [n for n in unit.out_modules if n in cumulative]
-        if not names:
+        score = unit_channel_mean(unit, cumulative)
+        if score is None:
             raise GapruneError(f"unit '{unit.name}' has no BatchNorm with a cumulative |gamma|")
-        scores[unit.name] = np.mean([cumulative[n].double().numpy() for n in names], axis=0)
+        scores[unit.name] = score
     return scores
 
 

@@ -48,39 +48,6 @@ def _check_kwargs(name: str, builder: Builder, kwargs: dict[str, Any]) -> None:
             )
 
 
-def _build_torchvision(name: str, fn: str, num_classes: int, in_channels: int,
-                       kwargs: dict[str, Any]) -> nn.Module:
-    """Build an untrained torchvision model; imported lazily (torchvision costs ~2.5 s)."""
-    import torchvision.models as tvm
-
-    classifiers = tvm.list_models(module=tvm)  # classification models only
-    if fn not in classifiers:
-        raise GapruneError(
-            f"unknown model '{name}': torchvision has no classification model '{fn}'; "
-            f"e.g. {', '.join(n for n in classifiers if n.startswith(('resnet', 'vgg')))}"
-        )
-    builder = tvm.get_model_builder(fn)
-    try:
-        model = builder(num_classes=num_classes, weights=None, **kwargs)
-    except TypeError as err:
-        raise GapruneError(f"model '{name}' rejected its options {sorted(kwargs)}: {err}") from None
-    if in_channels != 3:
-        _adapt_first_conv(model, name, in_channels)
-    return model
-
-
-def _adapt_first_conv(model: nn.Module, name: str, in_channels: int) -> None:
-    """Grayscale (or any channel count) data: the first conv reads `in_channels` planes."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d) and child.in_channels == 3 and child.groups == 1:
-                conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                 child.dilation, 1, child.bias is not None, child.padding_mode)
-                setattr(parent, child_name, conv)
-                return
-    raise GapruneError(f"model '{name}' has no 3-channel input conv to adapt to {in_channels} input channels")
-
-
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
                 **kwargs: Any) -> nn.Module:
     """Build a registered model, or `torchvision.<fn>` for any torchvision classifier."""
@@ -90,8 +57,9 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
             f"image_size={image_size} must all be positive"
         )
     if name not in MODELS and name.startswith(TORCHVISION_PREFIX):
-        fn = name[len(TORCHVISION_PREFIX):]
-        return _build_torchvision(name, fn, num_classes, in_channels, kwargs)
+        from gaprune.models.torchvision_models import build_torchvision
+
+        return build_torchvision(name, num_classes, in_channels, image_size, kwargs)
     if name not in MODELS:
         raise GapruneError(
             f"unknown model '{name}'; choose one of: {', '.join(MODELS.names())} "
@@ -104,14 +72,13 @@ def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
 
 
 def output_layer(model: nn.Module) -> nn.Module:
-    """The classifier Linear (last nn.Linear in module order): never pruned on its outputs."""
-    last = None
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            last = module
-    if last is None:
-        raise GapruneError(f"model {type(model).__name__} has no nn.Linear output layer")
-    return last
+    """The classifier: the last nn.Linear in module order, or the last Conv2d in a model without
+    any (SqueezeNet's conv classifier). Never pruned on its outputs."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not linears and not convs:
+        raise GapruneError(f"model {type(model).__name__} has no nn.Linear or nn.Conv2d output layer")
+    return (linears or convs)[-1]
 
 
 # Registration side effects; imported last because the modules import MODELS from here.

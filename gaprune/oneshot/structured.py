@@ -7,7 +7,8 @@ on the analytic MACs of the plan (`gaprune.pruning.cost.CostModel`) so the plan 
   per-unit keep counts and removes, inside each unit, the window around the median rank
   (strategy `median`); `max` removes the most important channels (a sanity check).
 - `uniform_l1`: the same keep ratio in every unit, filters chosen by L1 norm (strategy min).
-- `slimming` (network slimming): global threshold on raw BN |gamma| (mean over the unit's BNs),
+- `slimming` (network slimming): global threshold on raw BN |gamma| (mean over the unit's own
+  channels of its BNs: a BN reading a concatenation contributes only the unit's part),
   meant for a baseline trained with `trainer.bn_sparsity>0`.
 Every unit keeps at least one channel.
 """
@@ -22,6 +23,7 @@ import torch.nn as nn
 
 from gaprune.oneshot.base import OneshotContext, OneshotResult, PRUNERS, Pruner, check_choice, check_int
 from gaprune.pruning.allocation import normalised, removal_order
+from gaprune.pruning.importance import bn_gammas, unit_channel_mean
 from gaprune.pruning.plan import Plan
 from gaprune.pruning.strategies import STRATEGIES
 from gaprune.pruning.units import PrunableUnit
@@ -182,14 +184,7 @@ class Slimming(Pruner):
 
     def run(self, ctx: OneshotContext) -> OneshotResult:
         self.check_model(ctx.model)
-        scores = {}
-        for unit in ctx.units:
-            bns = [ctx.model.get_submodule(n) for n in unit.out_modules
-                   if isinstance(ctx.model.get_submodule(n), nn.modules.batchnorm._BatchNorm)]
-            if not bns or not all(bn.affine for bn in bns):
-                raise GapruneError(f"oneshot=slimming needs an affine BatchNorm after every pruned layer, but unit "
-                                   f"'{unit.name}' has none; use oneshot=global_taylor or oneshot=uniform_l1")
-            scores[unit.name] = np.mean([bn.weight.detach().abs().cpu().double().numpy() for bn in bns], axis=0)
+        scores = slimming_scores(ctx.model, ctx.units)
         gammas = np.concatenate(list(scores.values()))
         share = float(np.mean(gammas < self.sparse_tol * gammas.max())) if gammas.max() > 0 else 1.0
         sparse = share >= self.min_sparse_share
@@ -200,6 +195,19 @@ class Slimming(Pruner):
         result = global_threshold_plan(ctx, scores, self.target, STRATEGIES.get("min"), "min")
         result.info.update(gammas_sparse=sparse, small_gamma_share=share)
         return result
+
+
+def slimming_scores(model: nn.Module, units: Sequence[PrunableUnit]) -> dict[str, np.ndarray]:
+    """Per unit channel: mean |gamma| over the unit's own channels of each of its BatchNorms."""
+    gammas, scores = bn_gammas(model), {}
+    for unit in units:
+        bns = [n for n in unit.out_modules if isinstance(model.get_submodule(n), nn.modules.batchnorm._BatchNorm)]
+        score = unit_channel_mean(unit, gammas) if all(n in gammas for n in bns) else None
+        if score is None:
+            raise GapruneError(f"oneshot=slimming needs an affine BatchNorm after every pruned layer, but unit "
+                               f"'{unit.name}' has none; use oneshot=global_taylor or oneshot=uniform_l1")
+        scores[unit.name] = score
+    return scores
 
 
 def taylor_mass_kept(plan: Plan, importance: dict[str, np.ndarray]) -> float:

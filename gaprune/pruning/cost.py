@@ -63,7 +63,8 @@ class ShapeCounter:
 def needs_shape_counter(model: nn.Module, units: Sequence[PrunableUnit]) -> bool:
     """Whether the closed form cannot be exact: torch-pruning counts layers other than conv /
     linear / BN whose widths a plan may change (activation / pooling modules, layer norms,
-    unwrapped parameters, layers fed by part of a unit such as a concatenation)."""
+    unwrapped parameters, layers fed by part of a unit such as a concatenation, grouped units
+    whose channels stand for one channel per conv group)."""
     from torch_pruning.utils import op_counter
 
     closed = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
@@ -75,6 +76,7 @@ def needs_shape_counter(model: nn.Module, units: Sequence[PrunableUnit]) -> bool
                 return True
             module = model.get_submodule(s.layer)
             if not isinstance(module, closed) or len(s.idx) % unit.channels or \
+                    (len(s.idx) != unit.channels and not isinstance(module, nn.Linear)) or \
                     not np.array_equal(np.sort(np.unique(s.root)), np.arange(unit.channels)):
                 return True
             width = module.weight.shape[0 if s.kind == "out" else 1] if not isinstance(module, nn.Conv2d) or \

@@ -103,25 +103,41 @@ def l1_importance(model: nn.Module, units: Sequence[PrunableUnit], **_) -> dict[
     return scores
 
 
+def unit_channel_mean(unit: PrunableUnit, values: dict[str, torch.Tensor]) -> np.ndarray | None:
+    """Per unit channel: the mean of `values` (layer -> one value per output channel, e.g. a BN's
+    |gamma|) over the positions of the unit's output slices that follow it. A BatchNorm reading a
+    concatenation contributes only the unit's own channels, a grouped unit every conv group's
+    copy. None when no output layer of the unit has values."""
+    total = torch.zeros(unit.channels, dtype=torch.float64)
+    count = torch.zeros(unit.channels, dtype=torch.float64)
+    for name, idx, root in _out_maps(unit):
+        if name not in values:
+            continue
+        value = values[name].detach().double().cpu()
+        if idx is None:
+            total += value
+            count += 1
+        else:
+            total.index_add_(0, root, value[idx])
+            count.index_add_(0, root, torch.ones(len(idx), dtype=torch.float64))
+    return (total / count).numpy() if bool((count > 0).all()) else None
+
+
+def bn_gammas(model: nn.Module) -> dict[str, torch.Tensor]:
+    """|gamma| of every affine BatchNorm, by layer name."""
+    return {name: m.weight.detach().abs() for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None}
+
+
 @IMPORTANCES.register("bn_scale")
 def bn_scale_importance(model: nn.Module, units: Sequence[PrunableUnit], **_) -> dict[str, np.ndarray]:
-    """|gamma| of the unit's BatchNorm layers (network slimming)."""
-    scores = {}
+    """|gamma| of the unit's BatchNorm channels, averaged over its BNs (network slimming)."""
+    gammas, scores = bn_gammas(model), {}
     for unit in units:
-        total = torch.zeros(unit.channels, dtype=torch.float64)
-        found = False
-        for name, idx, root in _out_maps(unit):
-            module = model.get_submodule(name)
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
-                found = True
-                gamma = module.weight.detach().abs().double().cpu()
-                if idx is None:
-                    total += gamma
-                else:
-                    total.index_add_(0, root, gamma[idx])
-        if not found:
+        score = unit_channel_mean(unit, gammas)
+        if score is None:
             raise GapruneError(f"importance=bn_scale needs BatchNorm layers but unit '{unit.name}' has none; use taylor or l1")
-        scores[unit.name] = total.numpy()
+        scores[unit.name] = score
     return scores
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch_pruning as tp
@@ -27,8 +28,7 @@ def prune_model(model: nn.Module, units: Sequence[PrunableUnit], plan: Plan, exa
                 f"plan unit '{unit.name}' has {plan.channels[unit.name]} channels but the model has {unit.channels}; "
                 "the plan was made for another model"
             )
-        keep = set(plan.keep[unit.name])
-        remove = [i for i in range(unit.channels) if i not in keep]
+        remove = removed_positions(unit, plan)
         if not remove:
             continue
         root = pruned.get_submodule(unit.name)
@@ -36,6 +36,16 @@ def prune_model(model: nn.Module, units: Sequence[PrunableUnit], plan: Plan, exa
         group = graph.get_pruning_group(root, prune_fn, idxs=remove)
         group.prune()
     return pruned
+
+
+def removed_positions(unit: PrunableUnit, plan: Plan) -> list[int]:
+    """The root layer's output channels a plan removes (a grouped unit's channel is one per conv group)."""
+    keep = np.zeros(unit.channels, dtype=bool)
+    keep[list(plan.keep[unit.name])] = True
+    for s in unit.slices:
+        if s.layer == unit.name and s.kind == "out":
+            return s.idx[~keep[s.root]].tolist()
+    return np.flatnonzero(~keep).tolist()  # hand-made unit: its channels are the root's
 
 
 def count_macs_params(model: nn.Module, example_input: torch.Tensor) -> tuple[int, int]:

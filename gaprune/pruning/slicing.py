@@ -3,7 +3,7 @@
 `sliced_state` returns the pruned model's parameters and BN buffers sliced out of the baseline,
 plus the layer attributes the pruned layers would have (conv channels / groups, LayerNorm shape);
 `sliced_forward` runs the baseline with both swapped in. That equals the physically pruned
-model's output for every layer type discovery admits into a unit (conv incl. depthwise, linear,
+model's output for every layer type discovery admits into a unit (conv incl. depthwise and grouped, linear,
 batch / layer norm, unwrapped parameters such as ConvNeXt's layer scale).
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from gaprune.pruning.plan import Plan
-from gaprune.pruning.units import PrunableUnit
+from gaprune.pruning.units import PrunableUnit, layer_width
 
 
 class SlicedState(dict):
@@ -29,19 +29,6 @@ class SlicedState(dict):
 
     def copy(self) -> "SlicedState":
         return SlicedState(self, attrs=self.attrs)
-
-
-def _width(model: nn.Module, layer: str, kind: str, dim: int) -> int:
-    if kind == "param":
-        return model.get_parameter(layer).shape[dim]
-    module = model.get_submodule(layer)
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels if kind == "out" else module.in_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features if kind == "out" else module.in_features
-    if isinstance(module, nn.LayerNorm):
-        return module.normalized_shape[0]
-    return module.num_features
 
 
 def kept_indices(model: nn.Module, units: Sequence[PrunableUnit], plan: Plan) -> dict[tuple[str, str], np.ndarray]:
@@ -56,7 +43,7 @@ def kept_indices(model: nn.Module, units: Sequence[PrunableUnit], plan: Plan) ->
             dims[s.layer] = s.dim
     kept = {}
     for (layer, kind), parts in removed.items():
-        mask = np.ones(_width(model, layer, kind, dims[layer]), dtype=bool)
+        mask = np.ones(layer_width(model, layer, kind, dims[layer]), dtype=bool)
         for part in parts:
             mask[part] = False
         kept[(layer, kind)] = np.flatnonzero(mask)
@@ -91,6 +78,8 @@ def sliced_state(model: nn.Module, units: Sequence[PrunableUnit], plan: Plan) ->
             if depthwise:
                 rows = rows if rows is not None else cols
                 cols = None
+            if cols is not None and module.groups > 1 and not depthwise:
+                cols = cols[:len(cols) // module.groups]  # the same in-group positions in every group
             weight = _take(_take(module.weight, 0, rows), 1, cols)
             out_c = weight.shape[0]
             attrs = {"out_channels": out_c, "in_channels": out_c if depthwise else weight.shape[1] * module.groups,

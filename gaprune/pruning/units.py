@@ -8,11 +8,17 @@ dimension of one layer (or unwrapped parameter) with the positions it prunes the
 channel each position follows (`dep.handler` + `idxs` / `root_idxs`, so concatenation offsets,
 splits, flatten repeats and depthwise convs are torch-pruning's own). The same slices drive
 channel masks (`masking`), sliced tensors (`slicing`), costs (`cost`) and importance.
-Groups torch-pruning cannot prune consistently (grouped non-depthwise convs, attention, layers
-we cannot slice) are not genes; discovery says so in one warning line.
+A group through a grouped conv (ResNeXt, RegNet) prunes, as torch-pruning's own pruners do, the
+same in-group positions in every conv group: its unit channel j stands for root channels
+j, j + C/G, j + 2C/G, ... (G = the groups, C = the root's width), so a plan keeps whole columns
+of groups and the conv stays grouped. Groups torch-pruning cannot prune consistently (channels
+through ShuffleNet's channel shuffle, multi-dim layer norms, layers we cannot slice) are not
+genes, nor are groups whose narrower widths the model's forward rejects (attention reshaping to
+a fixed head count); discovery says so in one warning line.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -22,6 +28,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from gaprune.models import output_layer
+from gaprune.models.channel_shuffle import ChannelShuffle
 from gaprune.utils.errors import GapruneError
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
@@ -48,17 +55,53 @@ class PrunableUnit:
     slices: list[LayerSlice] = field(default_factory=list)
 
 
+class _Barrier(tp.pruner.function.BasePruningFunc):
+    """torch-pruning pruner for a layer whose channels no gene may cross (its input and output
+    channels are not coupled, so groups end at it; discovery then leaves those groups out)."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        raise GapruneError(f"{type(layer).__name__} channels cannot be pruned")
+
+    def prune_in_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        raise GapruneError(f"{type(layer).__name__} channels cannot be pruned")
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.channels
+
+    get_in_channels = get_out_channels
+
+
+_BARRIERS = {ChannelShuffle: "channel shuffle (permutes channels)"}
+
+
 def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's graph of `model`; a crash inside torch-pruning's tracing (an architecture it
+    cannot follow, e.g. Swin-S/B's channels-last patch merging) is a one-line error."""
     with torch.enable_grad(), warnings.catch_warnings():  # tracing needs autograd, even under no_grad
         warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        try:
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_input,
+                                                         customized_pruners={kind: _Barrier() for kind in _BARRIERS})
+        except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, AttributeError) as err:
+            first = str(err).splitlines()[0] if str(err) else ""
+            raise GapruneError(f"torch-pruning cannot trace the channel dependencies of {type(model).__name__} "
+                               f"({type(err).__name__}: {first}); it has no prunable channel groups") from None
+
+
+def _depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
+def _conv_groups(module: nn.Module) -> int:
+    """Conv groups a gene must prune alike (1: none; depthwise convs follow channel by channel)."""
+    return module.groups if isinstance(module, nn.Conv2d) and not _depthwise(module) else 1
 
 
 def _unsupported(module: nn.Module) -> str | None:
     """Why a layer in a group cannot be sliced/pruned consistently by a gene (None: it can)."""
+    if type(module) in _BARRIERS:
+        return _BARRIERS[type(module)]
     if isinstance(module, nn.Conv2d):
-        if module.groups > 1 and not (module.groups == module.in_channels == module.out_channels):
-            return f"grouped conv (groups={module.groups})"
         return None
     if isinstance(module, nn.LayerNorm):
         return None if len(module.normalized_shape) == 1 else "multi-dim LayerNorm"
@@ -121,18 +164,29 @@ def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear
             skipped.append(f"{label} ({reason})")
             continue
         lead = model.get_submodule(label)  # the group's first producer in forward order
-        if isinstance(lead, nn.Conv2d) and lead.groups > 1:
+        if _depthwise(lead):
             continue  # a depthwise conv follows its producer's unit (torch-pruning may root the group at it)
-        channels = lead.out_channels if isinstance(lead, nn.Conv2d) else lead.out_features
+        width = lead.out_channels if isinstance(lead, nn.Conv2d) else lead.out_features
+        groups, why = _group_columns(model, found, width)
+        if why is not None:
+            skipped.append(f"{label} ({why})")
+            continue
+        overflow = next((n for (n, k), pairs in found.items() if max(pairs) >= layer_width(model, n, k, dims.get(n, 0))), None)
+        if overflow is not None:  # torch-pruning coupled a narrower dimension (e.g. Swin's per-head bias table)
+            skipped.append(f"{label} ({overflow}: torch-pruning maps more channels onto it than it has)")
+            continue
+        channels = width // groups
         slices = []
         for (name, kind), pairs in sorted(found.items(), key=lambda kv: (order.get(kv[0][0], order.get(kv[0][0].rsplit(".", 1)[0], -1)), kv[0])):
             idx = np.array(sorted(pairs), dtype=np.int64)
-            slices.append(LayerSlice(name, kind, idx, np.array([pairs[i] for i in idx], dtype=np.int64), dims.get(name, 0)))
+            root_idx = np.array([pairs[i] for i in idx], dtype=np.int64) % channels
+            slices.append(LayerSlice(name, kind, idx, root_idx, dims.get(name, 0)))
         outs = [s.layer for s in slices if s.kind == "out"]
         ins = {s.layer: max(1, len(s.idx) // channels) for s in slices if s.kind == "in"}
         outs.sort(key=order.get)
         units.append(PrunableUnit(label, channels, outs, dict(sorted(ins.items(), key=lambda kv: order[kv[0]])), slices))
     units.sort(key=lambda u: order[u.name])
+    units = _forward_accepts(model, units, example_input, skipped)
     if skipped:
         warnings.warn(f"{len(skipped)} channel group(s) are not genes (torch-pruning cannot prune them "
                       f"consistently): {'; '.join(skipped)}", stacklevel=2)
@@ -140,6 +194,76 @@ def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear
         detail = f"; not prunable: {'; '.join(skipped)}" if skipped else " (no conv layers outside the classifier)"
         raise GapruneError(f"the model {type(model).__name__} has no prunable channel groups{detail}")
     return units
+
+
+def layer_width(model: nn.Module, layer: str, kind: str, dim: int = 0) -> int:
+    """The full width of the dimension a slice prunes (out / in channels, or a parameter's `dim`)."""
+    if kind == "param":
+        return model.get_parameter(layer).shape[dim]
+    module = model.get_submodule(layer)
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels if kind == "out" else module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features if kind == "out" else module.in_features
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[0]
+    return module.num_features
+
+
+def _group_columns(model: nn.Module, found: dict[tuple[str, str], dict[int, int]], width: int) -> tuple[int, str | None]:
+    """How many conv groups the unit's channels are replicated over (1 without grouped convs),
+    or why the group cannot be pruned alike in every conv group."""
+    groups = 1
+    for (name, kind), pairs in found.items():
+        if kind == "param":
+            continue
+        module = model.get_submodule(name)
+        g = _conv_groups(module)
+        if g == 1:
+            continue
+        full = module.out_channels if kind == "out" else module.in_channels
+        if len(pairs) != full or any(i != r for i, r in pairs.items()):
+            return 1, f"{name}: grouped conv (groups={g}) fed through a concatenation or reshape"
+        groups = math.lcm(groups, g)
+    if width % groups:
+        return 1, f"{width} channels do not split into {groups} conv groups"
+    return groups, None
+
+
+def _forward_accepts(model: nn.Module, units: list[PrunableUnit], example: torch.Tensor,
+                     skipped: list[str]) -> list[PrunableUnit]:
+    """The units whose narrower widths the model's forward accepts: one sliced forward with one
+    channel fewer in every unit, bisected only on failure (e.g. attention that reshapes to a fixed
+    head count, MaxViT); the others are added to `skipped` with the error."""
+    from gaprune.pruning.plan import Plan
+    from gaprune.pruning.slicing import sliced_forward, sliced_state
+
+    def error(subset: list[PrunableUnit]) -> str | None:
+        plan = Plan(keep={u.name: tuple(range(1, u.channels)) for u in subset}, channels={u.name: u.channels for u in subset})
+        try:
+            with torch.no_grad():
+                sliced_forward(model, sliced_state(model, subset, plan), example[:1])
+        except (RuntimeError, ValueError, IndexError) as err:
+            return str(err).splitlines()[0] if str(err) else type(err).__name__
+        return None
+
+    def accepted(subset: list[PrunableUnit]) -> list[PrunableUnit]:
+        why = error(subset) if subset else None
+        if why is None:
+            return subset
+        if len(subset) == 1:
+            skipped.append(f"{subset[0].name} (the forward rejects a pruned width: {why})")
+            return []
+        half = len(subset) // 2
+        return accepted(subset[:half]) + accepted(subset[half:])
+
+    was_training = model.training
+    model.eval()
+    try:
+        kept = {id(u) for u in accepted([u for u in units if u.channels > 1])}
+    finally:
+        model.train(was_training)
+    return [u for u in units if u.channels == 1 or id(u) in kept]
 
 
 def channel_dim(module: nn.Module, output: torch.Tensor) -> int:

@@ -1,0 +1,159 @@
+"""Any torchvision classifier as a gaprune model (`torchvision.<fn>`), built untrained.
+
+The builder's own architecture, with only these changes, each so that torch-pruning's graph and
+small inputs (32x32 CIFAR) work; every one is a function of (name, image_size, in_channels), so a
+checkpoint always rebuilds to the same layers:
+- auxiliary heads off (googlenet, inception_v3): training uses one loss on the logits;
+- ViT / MaxViT are built for `image_size` (their position embeddings / partitions depend on it);
+- a pooling layer whose input is smaller than its window (AlexNet's last max-pool at 32x32) is
+  padded to output one position per window that fits (a max / mean over the real values only);
+- ShuffleNet V2's channel shuffle runs as `ChannelShuffle` (one permutation torch-pruning sees);
+- a first conv reading `in_channels` planes for non-RGB data.
+A model that still does not run at `image_size` is a one-line error naming the smallest size it
+runs at. Imported lazily: torchvision costs ~2.5 s to import.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+from torch.nn.modules.utils import _pair
+from torchvision.models.shufflenetv2 import InvertedResidual
+
+from gaprune.models.channel_shuffle import ChannelShuffle
+from gaprune.utils.errors import GapruneError
+
+_LARGEST_TRIED = 1024  # image sizes tried when looking for the smallest a model runs at
+
+
+class ShuffleBlock(InvertedResidual):
+    """torchvision's ShuffleNet V2 block with its shuffle as a module (same weights, same output)."""
+
+    def __init__(self, inp: int, oup: int, stride: int) -> None:
+        super().__init__(inp, oup, stride)
+        self.shuffle = ChannelShuffle(oup, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch2(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+        return self.shuffle(out)
+
+
+def _defaults(fn: str, image_size: int) -> dict[str, Any]:
+    if fn in ("googlenet", "inception_v3"):
+        return {"aux_logits": False, "init_weights": True}
+    if fn.startswith("vit_"):
+        return {"image_size": image_size}
+    if fn.startswith("maxvit_"):
+        return {"input_size": (image_size, image_size)}
+    if fn.startswith("shufflenet_v2_"):
+        return {"inverted_residual": ShuffleBlock}
+    return {}
+
+
+def check_classifier(name: str) -> str:
+    """The builder of `torchvision.<fn>`; an unknown one is a one-line error saying how to list them."""
+    fn = name.removeprefix("torchvision.")
+    names = tvm.list_models(module=tvm)  # classification models only
+    if fn not in names:
+        raise GapruneError(
+            f"unknown model '{name}': torchvision has no classification model '{fn}'; e.g. "
+            f"{', '.join(n for n in names if n.startswith(('resnet', 'vgg')))} "
+            "(all: python -c 'import torchvision.models as m; print(m.list_models(module=m))')"
+        )
+    return fn
+
+
+def build_torchvision(name: str, num_classes: int, in_channels: int, image_size: int,
+                      kwargs: dict[str, Any]) -> nn.Module:
+    fn = check_classifier(name)
+    options = {**_defaults(fn, image_size), **kwargs}
+    try:
+        model = tvm.get_model_builder(fn)(num_classes=num_classes, weights=None, **options)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as err:
+        raise GapruneError(f"model '{name}' cannot be built with options {sorted(kwargs)} at image_size="
+                           f"{image_size}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if in_channels != 3:
+        _adapt_first_conv(model, name, in_channels)
+    _fit_to_input(model, name, in_channels, image_size)
+    return model
+
+
+def _adapt_first_conv(model: nn.Module, name: str, in_channels: int) -> None:
+    """Grayscale (or any channel count) data: the first conv reads `in_channels` planes."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3 and child.groups == 1:
+                conv = nn.Conv2d(in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                 child.dilation, 1, child.bias is not None, child.padding_mode)
+                setattr(parent, child_name, conv)
+                return
+    raise GapruneError(f"model '{name}' has no 3-channel input conv to adapt to {in_channels} input channels")
+
+
+def _pool_output(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil: bool) -> int:
+    """Output length of a pooling window along one dimension (torch's rule, ceil_mode included)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    return out - 1 if ceil and (out - 1) * stride >= size + padding else out
+
+
+def _pool_hook(changed: list):
+    """Pad a pool whose window does not fit its input, so it outputs one position there."""
+
+    def fit(pool: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        kernel, stride, padding = _pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size), _pair(pool.padding)
+        dilation, size = _pair(getattr(pool, "dilation", 1)), inputs[0].shape[-2:]
+        if all(_pool_output(*dims, pool.ceil_mode) >= 1 for dims in zip(size, kernel, stride, padding, dilation)):
+            return
+        changed.append((pool, pool.padding, getattr(pool, "count_include_pad", None)))
+        pool.padding = tuple(max(p, k // 2) if n < k else p for n, k, p in zip(size, kernel, padding))
+        if isinstance(pool, nn.AvgPool2d):
+            pool.count_include_pad = False  # the mean of the real values only
+
+    return fit
+
+
+def _runs_at(model: nn.Module, in_channels: int, size: int) -> Exception | None:
+    """Run one forward at `size` (pools fitted on the way); undo the fitting when it fails."""
+    changed: list = []
+    pools = [m for m in model.modules() if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d))]
+    handles = [pool.register_forward_pre_hook(_pool_hook(changed)) for pool in pools]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, size, size))
+        return None
+    except (RuntimeError, ValueError, AssertionError, IndexError) as err:
+        for pool, padding, include in reversed(changed):
+            pool.padding = padding
+            if include is not None:
+                pool.count_include_pad = include
+        return err
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+
+def _fit_to_input(model: nn.Module, name: str, in_channels: int, image_size: int) -> None:
+    error = _runs_at(model, in_channels, image_size)
+    if error is None:
+        return
+    lo, hi = image_size, image_size * 2  # lo fails; find the smallest size that runs
+    while hi <= _LARGEST_TRIED and _runs_at(model, in_channels, hi) is not None:
+        lo, hi = hi, hi * 2
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if hi > _LARGEST_TRIED:
+        raise GapruneError(f"model '{name}' does not run on {in_channels}x{image_size}x{image_size} inputs: {first}")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _runs_at(model, in_channels, mid) is None else (mid, hi)
+    raise GapruneError(f"model '{name}' needs images of at least {hi}x{hi} pixels, the data has {image_size}x{image_size} "
+                       f"({first}); use larger images, e.g. dataset=imagefolder dataset.params.image_size={hi}")
