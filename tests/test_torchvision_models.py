@@ -5,8 +5,8 @@ Per model: units from torch-pruning's groups (or one clean error), 1-2 random pl
 pruned model, sliced (and, where exact, masked) calibration forwards equal to the pruned
 model's output, importance, and a pruned checkpoint that reloads to the same outputs.
 The fast subset runs by default; the rest is `-m slow`. Models that need larger inputs run at
-their smallest size (`SIZES`; at 32x32 they are a one-line error, tested fast); `HUGE` ones take
-minutes (or unbounded memory inside torch-pruning) per check on a CPU and are skipped with the reason.
+their smallest size (`SIZES`; at 32x32 they are a one-line error, tested fast); the builders
+gaprune refuses (`REFUSED`: torch-pruning never finishes analysing them) are one-line errors.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch
 import torchvision.models as tvm
 
 from gaprune.models import build_model
+from gaprune.models.torchvision_models import REFUSED
 from gaprune.pruning.cost import CostModel
 from gaprune.pruning.importance import IMPORTANCES
 from gaprune.pruning.masking import ChannelMasker, masks_exact
@@ -33,20 +34,19 @@ from gaprune.utils.errors import GapruneError
 FAST = ["resnet18", "mobilenet_v2", "regnet_x_400mf", "shufflenet_v2_x0_5", "squeezenet1_1"]
 ALL = tvm.list_models(module=tvm)
 SIZES = {"inception_v3": 75, "maxvit_t": 224, "vit_h_14": 28}  # smallest input each runs at (gaprune's error says so)
-_SWIN_V2 = ("torch-pruning's group search (get_all_groups) grows without bound on Swin V2: 17 GB after 8 min, "
-            "MemoryError under a 9 GB cap; discovery never returns")
-HUGE = {"swin_v2_t": _SWIN_V2, "swin_v2_s": _SWIN_V2, "swin_v2_b": _SWIN_V2}  # name -> why a check is impractical
+# Swin V2: torch-pruning's group search (get_all_groups) grows without bound (17 GB after 8 min,
+# MemoryError under a 9 GB cap), so gaprune refuses these builders up front (REFUSED).
 
 
 def _params(names):
-    params = []
-    for n in names:
-        marks = [] if n in FAST else [pytest.mark.slow]
-        if n in HUGE:
-            size = tvm.get_model_weights(n).DEFAULT.meta["num_params"]
-            marks.append(pytest.mark.skip(reason=f"{n} ({size / 1e6:.0f} M params): {HUGE[n]}"))
-        params.append(pytest.param(n, marks=marks))
-    return params
+    return [pytest.param(n, marks=[] if n in FAST else [pytest.mark.slow]) for n in names if n not in REFUSED]
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_refused_builders_are_one_line_errors_before_building(name):
+    with pytest.raises(GapruneError, match=f"model 'torchvision.{name}' cannot be pruned here: .*Swin V2") as err:
+        build_model(f"torchvision.{name}", 10, 3, 32)
+    assert "\n" not in str(err.value)
 
 
 def _random_plan(units, rng: np.random.Generator) -> Plan:

@@ -56,9 +56,17 @@ def _defaults(fn: str, image_size: int) -> dict[str, Any]:
     return {}
 
 
+# builders torch-pruning cannot analyse at all: refused before anything is built or trained
+REFUSED = {fn: "torch-pruning's group search does not end on Swin V2 (it exhausts memory)"
+           for fn in ("swin_v2_t", "swin_v2_s", "swin_v2_b")}
+
+
 def check_classifier(name: str) -> str:
     """The builder of `torchvision.<fn>`; an unknown one is a one-line error saying how to list them."""
     fn = name.removeprefix("torchvision.")
+    if fn in REFUSED:
+        raise GapruneError(f"model '{name}' cannot be pruned here: {REFUSED[fn]}; choose another classifier, "
+                           "e.g. model=torchvision.convnext_tiny")
     names = tvm.list_models(module=tvm)  # classification models only
     if fn not in names:
         raise GapruneError(
