@@ -148,8 +148,11 @@ def test_recorded_config_mismatch_is_one_line(workspace, tmp_path):
 def interrupted(script: str, overrides: list[str], saved) -> tuple[list[str], str]:
     """Start `script`, send SIGINT once `saved()` finds its first resumable state, and check it ends
     with exit 130 and no traceback; returns (its `gaprune:` lines, stderr)."""
+    # default SIGINT in the child even when pytest itself runs in the background (`cmd &` ignores SIGINT,
+    # and an ignored signal stays ignored across exec)
     proc = subprocess.Popen([sys.executable, str(REPO / script), *overrides], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(saved()):
         time.sleep(0.05)
