@@ -288,7 +288,10 @@ def finalist_pick(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray], 
                             ft.eval_batch_size, int(cfg.seed), bool(cfg.dataset.augment))(torch.device(run.device))
     ids = ", ".join(f"#{r['id']}" for r in finalists)
     print(f"finalists: {len(finalists)} plans at the target ({ids}) re-ranked by a {fin.steps}-step fine-tune")
-    winner = rerank(finalists, encoding.decode, fitness, directory / "finalists.json", target, fin.metric)
+    try:
+        winner = rerank(finalists, encoding.decode, fitness, directory / "finalists.json", target, fin.metric)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted during the finalists' fine-tunes; resume with resume={directory}") from None
     print(f"finalists: #{winner['id']} wins (proxy {winner['proxy']:.4f}; highest proxy was #{finalists[0]['id']})")
     return winner
 
