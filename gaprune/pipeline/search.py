@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from gaprune.data.loaders import capped
 from gaprune.engine.training import seed_everything
+from gaprune.oneshot.base import check_int
 from gaprune.pipeline.latency import latency_picks, search_latency_cost, validate_latency
 from gaprune.pipeline.setup import Run, loader, make_logger, open_run, plain
 from gaprune.pruning.cost import CostModel
@@ -73,12 +74,8 @@ def validate_search_config(cfg: DictConfig) -> None:
         raise GapruneError(f"unknown pick '{cfg.pick}'; choose one of: {', '.join(PICKS)}")
     if cfg.pick == "target_macs" and cfg.objective.target_macs_reduction is None:
         raise GapruneError("pick=target_macs needs objective.target_macs_reduction=<fraction>, e.g. 0.7")
-    count = cfg.finalists.count
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise GapruneError(f"finalists.count={count} must be a whole number >= 0 (0: no re-ranking)")
-    steps = cfg.finalists.steps
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise GapruneError(f"finalists.steps={steps} must be a whole number >= 1")
+    check_int("finalists.count", cfg.finalists.count, 0)
+    check_int("finalists.steps", cfg.finalists.steps, 1)
     if cfg.finalists.metric not in FINALIST_METRICS:
         raise GapruneError(f"finalists.metric={cfg.finalists.metric!r} is unknown; choose one of: "
                            f"{', '.join(FINALIST_METRICS)}")
