@@ -30,7 +30,8 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     for arm, cell in cells.items():
         assert cell["seeds"] == [0] and 0.0 <= cell["test_acc"][0] <= 1.0
         assert 0.5 - 1e-9 <= cell["macs_reduction"][0] <= 0.51 + (0.05 if arm == "uniform_l1" else 0.0)
-    assert set(results["fidelity"]) >= {"taylor_proxy", "calib", "calib_adaptive_bn", "distortion"}
+    assert set(results["fidelity"]) >= {"taylor_proxy", "calib", "calib_adaptive_bn", "calib_adaptive_bn_all_val",
+                                        "calib_adaptive_bn_bn32", "distortion", "finalists", "finalists_neg_loss"}
     assert all(set(v) == {"kendall_tau", "spearman"} for v in results["fidelity"].values())
     assert results["fidelity_details"]["plans_finetuned"] == 4
     written = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -44,3 +45,14 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     assert again["arms"] == results["arms"]
     assert {p: p.stat().st_mtime_ns for p in items} == stamps
     assert "[bench]" not in capsys.readouterr().out.replace("[bench] wrote", "")
+
+    # a proxy missing from the study (e.g. one added later) is scored alone, on the same plans
+    scores_path = tmp_path / "out" / "items" / "fidelity" / "scores.json"
+    scores = json.loads(scores_path.read_text())
+    dropped = scores["scores"].pop("calib_adaptive_bn_bn32")
+    scores_path.write_text(json.dumps(scores))
+    bench.main(argv)
+    rescored = json.loads(scores_path.read_text())
+    assert rescored["scores"]["calib_adaptive_bn_bn32"] == dropped and "partial" not in rescored
+    assert rescored["scores"]["calib"] == scores["scores"]["calib"] and rescored["plans"] == scores["plans"]
+    assert capsys.readouterr().out.count("[bench] fidelity:") == 1

@@ -78,6 +78,7 @@ def test_registered_groups_name_an_entry_that_constructs(group: str, option: str
     elif group == "optimizer":
         optimizer_config(name, **params)
         assert "proxy" in section.objectives
+        assert "proxy" in section.get("target_objectives", ["proxy"])
     elif group == "searcher":
         SEARCHERS.get(name).options(**params)
     elif group == "oneshot":

@@ -69,6 +69,8 @@ def test_search_at_a_target_fine_tunes_the_pick_the_finalists_chose(trained, tmp
             "optimizer.params.population=8", "optimizer.params.generations=1", "fitness.calib_samples=128",
             "finalists.count=3", "finalists.steps=5", "then_finetune=false")
     (run,) = (tmp_path / "search").iterdir()
+    state = json.loads((run / "state.json").read_text())
+    assert {len(ind["fitness"]) for ind in state["population"]} == {1}  # NSGA-II on the proxy alone at the target
     saved = json.loads((run / "finalists.json").read_text())
     records = {r["id"]: r for r in json.loads((run / "evaluations.json").read_text())}
     top = sorted((r for r in records.values() if r["macs_reduction"] >= 0.5), key=lambda r: (-r["proxy"], r["id"]))

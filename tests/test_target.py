@@ -115,3 +115,35 @@ def test_seeded_repaired_search_stays_at_the_target_and_never_loses_to_its_seeds
         assert target <= macs_reduction(cost, encoding.decode(ind)) <= target + 0.01
     best = max(r["proxy"] for r in records)
     assert best >= max(r["proxy"] for r in records[:2])
+
+
+def _search_config(*overrides: str):
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose("search", overrides=list(overrides))
+
+
+def test_nsga2_optimises_the_proxy_alone_where_the_repair_holds_the_target(setup, capsys) -> None:
+    from gaprune.pipeline.search import search_objectives
+
+    encoding, cost = setup
+    repair = TargetRepair(encoding, cost, 0.6)
+    assert search_objectives(_search_config("optimizer=nsga2"), None) == ["proxy", "macs", "params"]  # no target: front
+    assert search_objectives(_search_config("optimizer=nsga2"), repair) == ["proxy"]
+    assert "objectives at the target: proxy" in capsys.readouterr().out
+    keep_front = _search_config("optimizer=nsga2", "optimizer.target_objectives=[proxy,macs,params]")
+    assert search_objectives(keep_front, repair) == ["proxy", "macs", "params"]
+    assert search_objectives(_search_config("optimizer=ga"), repair) == ["proxy"]
+
+
+def test_bad_target_objectives_are_one_line_errors(tmp_path) -> None:
+    from helpers import run_cli
+
+    proc = run_cli("search.py", f"paths.output_root={tmp_path}", "optimizer.target_objectives=[macs]", check=False)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gaprune:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "optimizer.target_objectives=['macs']" in errors[0]
+    assert not (tmp_path / "search").exists()

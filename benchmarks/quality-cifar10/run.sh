@@ -4,6 +4,7 @@
 # gaprune checkout with .venv and data/ (CIFAR-10 prepared):
 #   nohup benchmarks/quality-cifar10/run.sh a >> benchmarks/quality-cifar10/logs/lane-a.log 2>&1 &
 #   nohup benchmarks/quality-cifar10/run.sh b >> benchmarks/quality-cifar10/logs/lane-b.log 2>&1 &
+#   (then lane c, an ablation, when a lane is free)
 #   benchmarks/quality-cifar10/run.sh report
 # OUT=<dir> writes the items elsewhere (e.g. from a snapshot checkout into the main one).
 set -u
@@ -11,13 +12,15 @@ OUT=${OUT:-$(cd "$(dirname "$0")" && pwd)}
 bench() { TQDM_DISABLE=1 .venv/bin/python scripts/bench_quality.py --protocol cifar10 --out "$OUT" --threads 1 "$@"; }
 start=$(date +%s)
 case "${1:-}" in
-  a)  # VGG-16 (its baseline is trained here, resumable per epoch), then ResNet-20 seeds at 70 %
-      bench --models vgg16 --fidelity no
+  a)  # ResNet-20 at 70 %: every arm, seeds 0-2 (seed by seed)
       bench --models resnet20 --targets 0.7 --seeds 0 1 2 --fidelity no ;;
-  b)  # proxy fidelity, then ResNet-20 at 50 %
+  b)  # VGG-16 (its baseline is trained here, resumable per epoch) seeds 0-2, proxy fidelity, ResNet-20 at 50 %
+      bench --models vgg16 --fidelity no
       bench --models resnet20 --fidelity only
       bench --models resnet20 --targets 0.5 --seeds 0 1 2 --fidelity no ;;
+  c)  # ablation: NSGA-II keeping its front at the target (the default until optimizer.target_objectives)
+      bench --models resnet20 vgg16 --targets 0.7 0.73 --arms front_at_target --fidelity no ;;
   report) bench --report ;;
-  *) echo "usage: $0 a|b|report" >&2; exit 2 ;;
+  *) echo "usage: $0 a|b|c|report" >&2; exit 2 ;;
 esac
 echo "lane ${1} wall_s=$(( $(date +%s) - start ))"

@@ -28,7 +28,10 @@ def latency_settings(cfg: DictConfig) -> LatencySettings | None:
 
 def wants_latency(cfg: DictConfig) -> bool:
     objective = cfg.objective
-    return ("latency" in list(cfg.optimizer.get("objectives") or []) or bool(objective.get("w_latency"))
+    objectives = list(cfg.optimizer.get("objectives") or [])
+    if objective.get("target_macs_reduction") is not None:
+        objectives += list(cfg.optimizer.get("target_objectives") or [])
+    return ("latency" in objectives or bool(objective.get("w_latency"))
             or objective.get("target_latency_reduction") is not None or cfg.pick == "target_latency")
 
 

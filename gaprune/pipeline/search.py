@@ -32,7 +32,7 @@ from gaprune.search.fitness import FITNESSES, Fitness
 from gaprune.search.layerwise import WeightMaskConfig
 from gaprune.search.optimizers import build_optimizer, optimizer_config
 from gaprune.search.picks import PICKS, knee, pareto_front, pick_plans
-from gaprune.search.problem import Objective, Problem
+from gaprune.search.problem import Objective, Problem, check_objectives
 from gaprune.search.target import TargetRepair, target_seeds
 from gaprune.search.workers import FitnessRecipe, WorkerPool, check_workers
 from gaprune.utils.errors import GapruneError, Interrupted
@@ -67,6 +67,9 @@ def validate_search_config(cfg: DictConfig) -> None:
     validate_encoding(cfg.encoding.name, **plain(cfg.encoding.params))
     optimizer_config(cfg.optimizer.name, **plain(cfg.optimizer.params))
     Objective(**plain(cfg.objective))
+    check_objectives(list(cfg.optimizer.objectives))
+    if cfg.optimizer.get("target_objectives") is not None:
+        check_objectives(list(cfg.optimizer.target_objectives), "optimizer.target_objectives")
     FITNESSES.get(cfg.fitness.name)
     check_workers(cfg.fitness.workers)
     IMPORTANCES.get(cfg.importance.name)
@@ -93,7 +96,7 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
     fitness = fitness_from_config(cfg.fitness, run, importance)
     objective = Objective(**plain(cfg.objective))
     repair, seeds = at_target(cfg, objective, encoding, cost, importance)
-    problem = Problem(encoding, fitness, cost, objective, objectives=list(cfg.optimizer.objectives), repair=repair,
+    problem = Problem(encoding, fitness, cost, objective, objectives=search_objectives(cfg, repair), repair=repair,
                       latency=search_latency_cost(cfg, run))  # None unless latency is asked for
     optimizer = build_optimizer(cfg.optimizer.name, problem, seeds=list(seeds.values()), **plain(cfg.optimizer.params))
 
@@ -272,17 +275,14 @@ def finalist_pick(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray], 
     """pick=target_macs with finalists.count > 0: the highest-proxy plans at the target and the
     one-shot seeds, re-ranked by a short fine-tune with the `finetune` recipe
     (gaprune.search.finalists); None leaves the proxy's pick."""
-    target, fin, ft = cfg.objective.target_macs_reduction, cfg.finalists, cfg.finetune
+    target, fin = cfg.objective.target_macs_reduction, cfg.finalists
     if cfg.pick != "target_macs" or target is None or not fin.count:
         return None
     seeded = [problem.record_of(problem.repair(list(genome)) if problem.repair else genome) for genome in seeds.values()]
     finalists = select_finalists(problem.records, target, int(fin.count), seeded)
     if len(finalists) < 2:
         return None
-    params = dict(steps=fin.steps, lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay,
-                  batch_size=ft.batch_size, kd=ft.kd, kd_temperature=ft.kd_temperature, kd_alpha=ft.kd_alpha)
-    fitness = FitnessRecipe("finetune", params, run.model, run.units, importance, run.bundle, fin.calib_samples,
-                            ft.eval_batch_size, int(cfg.seed), bool(cfg.dataset.augment))(torch.device(run.device))
+    fitness = finalist_fitness(cfg, run, importance)
     ids = ", ".join(f"#{r['id']}" for r in finalists)
     print(f"finalists: {len(finalists)} plans at the target ({ids}) re-ranked by a {fin.steps}-step fine-tune")
     try:
@@ -291,6 +291,29 @@ def finalist_pick(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray], 
         raise Interrupted(f"interrupted during the finalists' fine-tunes; resume with resume={directory}") from None
     print(f"finalists: #{winner['id']} wins (proxy {winner['proxy']:.4f}; highest proxy was #{finalists[0]['id']})")
     return winner
+
+
+def finalist_fitness(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness:
+    """The finalists' short fine-tune as a fitness: the `finetune` recipe capped at
+    `finalists.steps` SGD steps (same seeded batches for every plan), scored on
+    `finalists.calib_samples` validation images."""
+    fin, ft = cfg.finalists, cfg.finetune
+    params = dict(steps=fin.steps, lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay,
+                  batch_size=ft.batch_size, kd=ft.kd, kd_temperature=ft.kd_temperature, kd_alpha=ft.kd_alpha)
+    return FitnessRecipe("finetune", params, run.model, run.units, importance, run.bundle, fin.calib_samples,
+                         ft.eval_batch_size, int(cfg.seed), bool(cfg.dataset.augment))(torch.device(run.device))
+
+
+def search_objectives(cfg: DictConfig, repair: TargetRepair | None) -> list[str]:
+    """`optimizer.objectives`, or `optimizer.target_objectives` when genomes are repaired onto a
+    MACs target (that target is then a constraint met by construction, not an objective)."""
+    objectives = list(cfg.optimizer.objectives)
+    at_target = cfg.optimizer.get("target_objectives")
+    if repair is None or not at_target or list(at_target) == objectives:
+        return objectives
+    print(f"{cfg.optimizer.name} objectives at the target: {', '.join(at_target)} "
+          f"(optimizer.target_objectives; not {', '.join(objectives)})")
+    return list(at_target)
 
 
 def at_target(cfg: DictConfig, objective: Objective, encoding, cost, importance) -> tuple[TargetRepair | None, dict]:

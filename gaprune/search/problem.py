@@ -21,6 +21,12 @@ from gaprune.utils.errors import GapruneError
 OBJECTIVE_KEYS = {"proxy": 1.0, "macs": -1.0, "params": -1.0, "latency": -1.0}
 
 
+def check_objectives(objectives: Sequence[str], key: str = "optimizer.objectives") -> None:
+    unknown = [name for name in objectives if name not in OBJECTIVE_KEYS]
+    if unknown or "proxy" not in objectives:
+        raise GapruneError(f"{key}={list(objectives)} invalid; use a subset of {list(OBJECTIVE_KEYS)} that includes proxy")
+
+
 @dataclass
 class Objective:
     """Scalar score for single-objective search: weighted sum, or proxy under a MACs target."""
@@ -64,10 +70,7 @@ class Problem:
     def __init__(self, encoding: Encoding, fitness: Fitness, cost: CostModel, objective: Objective,
                  objectives: Sequence[str] = ("proxy", "macs", "params"),
                  repair: Callable[[Sequence[float]], list[float]] | None = None, latency: Any = None) -> None:
-        unknown = [name for name in objectives if name not in OBJECTIVE_KEYS]
-        if unknown or "proxy" not in objectives:
-            raise GapruneError(f"optimizer.objectives={list(objectives)} invalid; use a subset of "
-                               f"{list(OBJECTIVE_KEYS)} that includes proxy")
+        check_objectives(objectives)
         if latency is None and ("latency" in objectives or objective.uses_latency):
             raise GapruneError("the latency objective needs the latency lookup table; build the Problem with "
                                "latency=LatencyCost(...) (search.py does when latency is asked for)")

@@ -1,0 +1,1 @@
+"""scripts/bench_quality.py's parts: protocol (protocols, arms, configs), fidelity, report."""

@@ -1,0 +1,157 @@
+"""Proxy fidelity: random plans near the target, scored by every proxy in FITNESSES, each
+fine-tuned with one equal short budget; Kendall tau / Spearman rho of each proxy against
+post-fine-tune test accuracy.
+
+Invariants: the plans are drawn once (seeded) and stored with their scores in
+`items/fidelity/scores.json`; a proxy missing there is scored and stored plan by plan (so a new
+proxy can be added to a finished study and an interrupted one resumes); fine-tunes resume per plan.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from quality.protocol import FITNESSES, common, compose
+
+
+def fidelity(args) -> dict[str, Any] | None:
+    """Random plans near the target, every proxy, one equal short fine-tune each (resumable per plan)."""
+    from gaprune.utils.io import read_json
+
+    fid = args.spec["fidelity"]
+    root = args.out / "items" / "fidelity"
+    scores_path = root / "scores.json"
+    base = common(args, fid["model"], 0) + [f"finetune.epochs={fid['epochs']}", "importance=taylor",  # plans as first drawn
+                                            f"finalists.steps={args.spec['finalist_steps']}"]
+    scored = read_json(scores_path) if scores_path.is_file() else None
+    if scored is None or any(name not in scored["scores"] for name in FITNESSES):
+        scored = score_fidelity_plans(args, base, fid, scored, scores_path)
+    rows = finetune_fidelity_plans(args, base, scored, root / "finetune")
+    return {"scored": scored, "rows": rows}
+
+
+def draw_plans(encoding, cost, fid: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """`fid["plans"]` distinct random plans within target +- window (seeded), and the draws it took."""
+    rng = random.Random(10_000)
+    lo, hi = fid["target"] - fid["window"], fid["target"] + fid["window"]
+    plans, seen, draws = [], set(), 0
+    while len(plans) < fid["plans"]:
+        draws += 1
+        if draws > 500_000:
+            raise RuntimeError(f"only {len(plans)} random plans in MACs reduction [{lo:.2f}, {hi:.2f}]")
+        genome = encoding.random_genome(rng)
+        plan = encoding.decode(genome)
+        macs, params = cost.cost(plan)
+        reduction = 1.0 - macs / cost.base_macs
+        if lo <= reduction <= hi and plan.signature() not in seen:
+            seen.add(plan.signature())
+            plans.append({"genome": genome, "plan": plan.to_json(), "macs": macs, "macs_reduction": reduction,
+                          "params_reduction": 1.0 - params / cost.base_params})
+    return plans, draws
+
+
+def score_fidelity_plans(args, base: list[str], fid: dict[str, Any], scored: dict[str, Any] | None,
+                         path: Path) -> dict[str, Any]:
+    """Scores of every proxy in FITNESSES missing from `scored` (None: draw the plans first),
+    written to `path` after every plan."""
+    from omegaconf import open_dict
+
+    from gaprune.pipeline.search import finalist_fitness, fitness_from_config, search_space
+    from gaprune.pipeline.setup import open_run
+    from gaprune.utils.io import write_json
+
+    def job_cfg(extra):
+        samples = [] if "fitness=taylor_proxy" in extra or any(o.startswith("fitness.calib_samples=") for o in extra) \
+            else [f"fitness.calib_samples={args.spec['calib_samples']}"]
+        cfg = compose("search", base + ["encoding=ratio_strategy"] + extra + samples)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    run = open_run(job_cfg([]), directory=args.out / "runs" / "fidelity")
+    run.reference()
+    importance, encoding, cost = search_space(run)
+    if scored is None:
+        plans, draws = draw_plans(encoding, cost, fid)
+        scored = {"window": [fid["target"] - fid["window"], fid["target"] + fid["window"]], "draws": draws,
+                  "plans": plans, "scores": {}, "seconds": {}}
+    decoded = [encoding.decode(p["genome"]) for p in scored["plans"]]
+    for name, overrides in FITNESSES.items():
+        if name in scored["scores"]:
+            continue
+        partial = scored.setdefault("partial", {}).setdefault(name, {"proxy": [], "neg_loss": [], "seconds": 0.0})
+        fitness = (finalist_fitness(job_cfg([]), run, importance) if overrides is None
+                   else fitness_from_config(job_cfg(overrides).fitness, run, importance))
+        for plan in decoded[len(partial["proxy"]):]:
+            t0 = time.perf_counter()
+            (result,) = fitness.evaluate([plan])
+            partial["proxy"].append(float(result["proxy"]))
+            loss = result.get("calib_loss", result.get("finetune_loss"))
+            partial["neg_loss"].append(None if loss is None else -float(loss))
+            partial["seconds"] += time.perf_counter() - t0
+            write_json(path, scored)
+        if hasattr(fitness, "close"):
+            fitness.close()
+        done = scored["partial"].pop(name)
+        if not scored["partial"]:
+            del scored["partial"]
+        scored["scores"][name] = done["proxy"]
+        if None not in done["neg_loss"]:
+            scored["scores"][f"{name}_neg_loss"] = done["neg_loss"]
+        scored["seconds"][name] = done["seconds"]
+        write_json(path, scored)
+        print(f"[bench] fidelity: {name} scored {len(decoded)} plans in {done['seconds']:.1f}s", flush=True)
+    return scored
+
+
+def finetune_fidelity_plans(args, base: list[str], scored: dict[str, Any], directory: Path) -> list[dict[str, Any]]:
+    from omegaconf import open_dict
+
+    from gaprune.engine.checkpoint import load_model
+    from gaprune.engine.training import resolve_device, seed_everything
+    from gaprune.pipeline.finetune import open_job
+    from gaprune.pipeline.setup import load_bundle
+    from gaprune.pruning.plan import Plan
+
+    cfg = compose("search", base)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    device = resolve_device(cfg.device)
+    teacher, meta, _ = load_model(cfg.baseline)
+    job = open_job(cfg, directory, teacher, meta, load_bundle(cfg), device, "fidelity", "fidelity",
+                   header={"note": "bench_quality proxy-fidelity plans"})
+    for index, item in enumerate(scored["plans"]):
+        if job.done(index):
+            continue
+        started = time.perf_counter()
+        seed_everything(int(cfg.seed))
+        row = job.run(Plan.from_json(item["plan"]), index, predicted_macs=item["macs"])
+        print(f"[bench] fidelity plan {index}: MACs -{100 * row['macs_reduction']:.1f}%, test "
+              f"{100 * row['test_acc']:.2f}% ({time.perf_counter() - started:.0f}s)", flush=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        job.close()
+    return job.rows
+
+
+def correlations(scored: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    from scipy.stats import kendalltau, spearmanr
+
+    done = {r["plan_id"]: r for r in rows}
+    ids = [i for i in range(len(scored["plans"])) if i in done]
+    acc = [done[i]["test_acc"] for i in ids]
+    predictors = dict(scored["scores"])
+    predictors["-MACs reduction (reference)"] = [-p["macs_reduction"] for p in scored["plans"]]
+    out = {}
+    for name, values in predictors.items():
+        x = [values[i] for i in ids]
+        if len(ids) < 3 or len(set(x)) < 2 or len(set(acc)) < 2:
+            continue
+        tau, spear = kendalltau(x, acc), spearmanr(x, acc)
+        out[name] = {"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue),
+                     "spearman": float(spear.statistic), "spearman_p": float(spear.pvalue), "n": len(ids)}
+    return out
+

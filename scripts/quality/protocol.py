@@ -1,0 +1,124 @@
+"""The CIFAR-10 / digits quality protocols, the arms, and the Hydra configs every item is composed from.
+
+Invariants: an arm is a fixed list of overrides on top of `common` (data, baseline, fine-tune
+recipe of its model) and `search_budget`; a finished item was computed from exactly those
+overrides, so an arm's meaning never changes once items exist (a new variant is a new arm).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "cifar10": {
+        "dataset": "cifar10", "train_limit": 20000, "test_limit": None, "trainer": "cifar", "baseline_epochs": 20,
+        "finetune_epochs": 2, "finetune_batch_size": 128, "population": 16, "generations": 10, "calib_samples": 512,
+        "finalist_steps": 100,
+        "models": {"resnet20": {"overrides": [], "targets": [0.5, 0.7], "seeds": [0, 1, 2]},
+                   "vgg16": {"overrides": ["model.params.width=0.25", "trainer.lr=0.05"], "targets": [0.73],
+                             "seeds": [0, 1, 2]}},
+        "fidelity": {"model": "resnet20", "target": 0.7, "window": 0.05, "plans": 30, "epochs": 1},
+        "results": "../results/quality-cifar10",  # relative to --out: benchmarks/results/quality-cifar10
+    },
+    "digits": {
+        "dataset": "digits", "train_limit": None, "test_limit": None, "trainer": "default", "baseline_epochs": 4,
+        "finetune_epochs": 1, "finetune_batch_size": 64, "population": 8, "generations": 2, "calib_samples": 256,
+        "finalist_steps": 20,
+        "models": {"resnet20": {"overrides": ["model.params.width=8"], "targets": [0.5], "seeds": [0]}},
+        "fidelity": {"model": "resnet20", "target": 0.5, "window": 0.1, "plans": 6, "epochs": 1},
+        "results": None,
+    },
+}
+FRONT = "optimizer.target_objectives=[proxy,macs,params]"  # NSGA-II keeps its front at the target
+SEARCH_ARMS = {
+    "default": ["optimizer=nsga2", "fitness=calib"],
+    "ga": ["optimizer=ga", "fitness=calib"],
+    "random": ["optimizer=random", "fitness=calib"],
+    "taylor_nsga2": ["optimizer=nsga2", "fitness=taylor_proxy", "importance=taylor", "finalists.count=0", FRONT],
+    "front_at_target": ["optimizer=nsga2", "fitness=calib", FRONT],
+    "no_finalists": ["optimizer=nsga2", "fitness=calib", "finalists.count=0", FRONT],
+    "taylor": ["optimizer=nsga2", "fitness=calib", "importance=taylor", FRONT],
+    "previous_default": ["optimizer=nsga2", "fitness=calib", "importance=taylor", "finalists.count=0", FRONT],
+    "previous_ga": ["optimizer=ga", "fitness=calib", "importance=taylor", "finalists.count=0"],
+    "previous_random": ["optimizer=random", "fitness=calib", "importance=taylor", "finalists.count=0"],
+    "plain_nsga2": ["optimizer=nsga2", "fitness=calib", "importance=taylor", "finalists.count=0",
+                    "fitness.params.adaptive_bn=false", "objective.repair_to_target=false",
+                    "optimizer.seed_with_oneshot=false"],
+}
+ONESHOT_ARMS = {"global_taylor": ["oneshot=global_taylor", "oneshot.params.rule=min"],
+                "uniform_l1": ["oneshot=uniform_l1"]}
+ARMS = ("default", "ga", "random", "taylor_nsga2", "global_taylor", "uniform_l1")
+LABELS = {"default": "search: NSGA-II + calib (default)", "ga": "search: single-objective GA + calib",
+          "random": "random search, same budget", "taylor_nsga2": "search: NSGA-II + taylor_proxy (data-free)",
+          "front_at_target": "ablation: default keeping the NSGA-II front (proxy, MACs, params) at the target",
+          "no_finalists": "ablation: front_at_target without finalists (highest proxy)",
+          "taylor": "ablation: front_at_target with channels by Taylor importance",
+          "previous_default": "ablation: NSGA-II front, Taylor channels, highest proxy (earlier default)",
+          "previous_ga": "ablation: GA, Taylor channels, highest proxy (earlier default)",
+          "previous_random": "ablation: random search, Taylor channels, highest proxy (earlier default)",
+          "plain_nsga2": "ablation: NSGA-II + calib before repair, seeds, adaptive BN",
+          "global_taylor": "global Taylor (min)", "uniform_l1": "uniform L1"}
+FITNESSES: dict[str, list[str] | None] = {  # proxy -> overrides; calib proxies also give <name>_neg_loss (-loss)
+    "taylor_proxy": ["fitness=taylor_proxy", "importance=taylor"],  # the paper's data-free proxy
+    "calib": ["fitness=calib", "fitness.params.adaptive_bn=false"],
+    "calib_adaptive_bn": ["fitness=calib", "fitness.params.adaptive_bn=true"],  # the default proxy
+    "calib_adaptive_bn_all_val": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.calib_samples=null"],
+    "calib_adaptive_bn_bn32": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.params.bn_batches=32"],
+    "distortion": ["fitness=distortion"],
+    "finalists": None,  # the finalists' short KD fine-tune (gaprune.pipeline.search.finalist_fitness)
+}
+
+
+def compose(config_name: str, overrides: Sequence[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+
+
+@contextlib.contextmanager
+def hydra_job(cfg, directory: Path) -> Iterator[Any]:
+    """Run library code as if Hydra had launched it in `directory`; yields the job config."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    directory.mkdir(parents=True, exist_ok=True)
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        del job["hydra"]
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(directory.resolve())
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield job
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def baseline_path(args, model: str) -> Path:
+    return (args.out / "checkpoints" / f"{model}-{args.spec['dataset']}.pt").resolve()
+
+
+def common(args, model: str, seed: int) -> list[str]:
+    """Everything that fixes the data, the baseline and the fine-tune recipe of one model."""
+    spec = args.spec
+    limit = lambda v: "null" if v is None else str(v)  # noqa: E731
+    return [f"model={model}", *spec["models"][model]["overrides"], f"dataset={spec['dataset']}",
+            f"dataset.params.data_dir={args.data_dir}", f"dataset.params.train_limit={limit(spec['train_limit'])}",
+            f"dataset.params.test_limit={limit(spec['test_limit'])}", f"trainer={spec['trainer']}",
+            f"trainer.epochs={spec['baseline_epochs']}", f"seed={seed}", f"baseline={baseline_path(args, model)}",
+            f"paths.checkpoints={(args.out / 'checkpoints').resolve()}", f"paths.output_root={(args.out / 'runs').resolve()}",
+            "logger.mode=disabled", f"device={args.device}", "train_if_missing=true",
+            f"finetune.epochs={spec['finetune_epochs']}", f"finetune.batch_size={spec['finetune_batch_size']}"]
+
+
+def search_budget(args, fitness_overrides: Sequence[str]) -> list[str]:
+    spec = args.spec
+    samples = [] if "fitness=taylor_proxy" in fitness_overrides else [f"fitness.calib_samples={spec['calib_samples']}"]
+    return [f"optimizer.params.population={spec['population']}", f"optimizer.params.generations={spec['generations']}",
+            f"finalists.steps={spec['finalist_steps']}"] + samples
+

@@ -1,0 +1,84 @@
+"""Tables from finished items: `<results>.json` (the schema of issue #10) and `<results>.md`."""
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence
+
+from quality.fidelity import correlations
+from quality.protocol import LABELS
+
+def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
+    from gaprune.utils.io import atomic_write_text, read_json, write_json
+
+    arms: dict[str, dict[str, Any]] = {}
+    for path in sorted((args.out / "items").glob("*@*/*.json")):
+        row = read_json(path)
+        cell = arms.setdefault(f"{row['model']}@{row['target']:g}", {}).setdefault(row["arm"], {
+            "seeds": [], "test_acc": [], "macs_reduction": [], "params_reduction": [], "val_acc_before_finetune": [],
+            "keep_counts": [], "seconds": []})
+        for key in cell:
+            cell[key].append(row["seed"] if key == "seeds" else row[key])
+    fid = None
+    scores_path = args.out / "items" / "fidelity" / "scores.json"
+    ft_path = args.out / "items" / "fidelity" / "finetune" / "results.json"
+    if scores_path.is_file() and ft_path.is_file():
+        scored, rows = read_json(scores_path), read_json(ft_path)["results"]
+        fid = {"correlations": correlations(scored, rows), "plans_finetuned": len(rows), "plans": len(scored["plans"]),
+               "window": scored["window"], "test_acc_range": [min(r["test_acc"] for r in rows),
+                                                             max(r["test_acc"] for r in rows)] if rows else None,
+               "scoring_seconds": scored["seconds"]}
+    spec = args.spec
+    results = {
+        "protocol": {"name": args.protocol, **{k: v for k, v in spec.items() if k != "results"},
+                     "arms": {a: LABELS[a] for a in sorted({arm for cells in arms.values() for arm in cells})}, "threads": args.threads,
+                     "command": "python scripts/bench_quality.py " + " ".join(sys.argv[1:]),
+                     "wall_seconds_this_invocation": wall},
+        "baselines": {m: b["test_acc"] for m, b in baselines.items()},
+        "baseline_details": baselines,
+        "arms": {key: {arm: {k: cell[k] for k in ("test_acc", "macs_reduction", "params_reduction",
+                                                  "val_acc_before_finetune", "seeds", "keep_counts", "seconds")}
+                       for arm, cell in sorted(cells.items())} for key, cells in sorted(arms.items())},
+        "fidelity": {name: {"kendall_tau": c["kendall_tau"], "spearman": c["spearman"]}
+                     for name, c in (fid or {}).get("correlations", {}).items()},
+        "fidelity_details": fid,
+    }
+    write_json(args.results.with_suffix(".json"), results)
+    atomic_write_text(args.results.with_suffix(".md"), render(results))
+    print(render(results))
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    import statistics
+
+    def pm(values: Sequence[float], digits: int = 2) -> str:
+        mean = 100 * statistics.fmean(values)
+        return f"{mean:.{digits}f}" + (f" ± {100 * statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
+
+    p = results["protocol"]
+    lines = [f"# Quality at equal MACs ({p['name']})", "",
+             f"Data: {p['dataset']}, train+val pool {p['train_limit'] or 'all'}, test {p['test_limit'] or 'all'}. "
+             f"Baselines: {p['baseline_epochs']} epochs ({p['trainer']} recipe), one per model. Search budget: population "
+             f"{p['population']} x {p['generations']} generations, calib on {p['calib_samples']} val images; finalists: "
+             f"{p.get('finalist_steps', '-')}-step KD fine-tune each, scored on all val images. Every arm: "
+             f"KD fine-tune {p['finetune_epochs']} epoch(s), batch {p['finetune_batch_size']}.", "",
+             "| model @ target | method | test acc % (mean ± std) | per seed | MACs red. % | params red. % | "
+             "val acc before FT % |", "|---|---|---|---|---|---|---|"]
+    for key, cells in results["arms"].items():
+        model = key.split("@")[0]
+        lines.append(f"| {key} | baseline | {100 * results['baselines'].get(model, float('nan')):.2f} | | | | |")
+        for arm, cell in cells.items():
+            lines.append(f"| {key} | {LABELS.get(arm, arm)} | {pm(cell['test_acc'])} | "
+                         f"{', '.join(f'{100 * v:.2f}' for v in cell['test_acc'])} | {pm(cell['macs_reduction'], 1)} | "
+                         f"{pm(cell['params_reduction'], 1)} | {pm(cell['val_acc_before_finetune'])} |")
+    fid = results.get("fidelity_details")
+    if fid:
+        lines += ["", f"## Proxy fidelity: {fid['plans_finetuned']}/{fid['plans']} random plans fine-tuned, MACs "
+                      f"reduction in [{100 * fid['window'][0]:.0f}%, {100 * fid['window'][1]:.0f}%]", "",
+                  "| proxy | Kendall tau | p | Spearman rho | p | n |", "|---|---|---|---|---|---|"]
+        for name, c in fid["correlations"].items():
+            lines.append(f"| {name} | {c['kendall_tau']:+.3f} | {c['kendall_p']:.3f} | {c['spearman']:+.3f} | "
+                         f"{c['spearman_p']:.3f} | {c['n']} |")
+    lines += ["", f"Command: `{p['command']}`"]
+    return "\n".join(lines) + "\n"
+
