@@ -13,7 +13,7 @@ SMOKE_ARGS := $(if $(SMOKE),+smoke=cpu,)
 TABLES := outputs/tables$(if $(SMOKE),-smoke,)
 RUN = $(PY) $(1) $(SMOKE_ARGS) paths.data_dir=$(DATA) hydra.run.dir=$(2)
 
-.PHONY: install quickstart test clean tables table-vgg16-cifar10 table-vgg16-cifar100 table-lenet5-mnist table-rd table-ggpa-cifar10
+.PHONY: install quickstart test clean tables table-quality-cifar10 table-vgg16-cifar10 table-vgg16-cifar100 table-lenet5-mnist table-rd table-ggpa-cifar10
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ $(DATA)/MNIST/raw/t10k-labels-idx1-ubyte:
 $(DATA)/cifar-100-python/test:
 	@test -f $(SHARED)/cifar100-images.zip || { echo "no CIFAR-100: give prepare.py an archive (python $(SHARED)/prepare.py cifar100 --root $(DATA) --archive <zip>) or put cifar-100-python/ under $(DATA)/"; exit 2; }
 	$(PY) $(SHARED)/prepare.py cifar100 --root $(DATA) --archive $(SHARED)/cifar100-images.zip
+
+# --- quality benchmark (issue #10): every arm / seed / fidelity plan resumable; finished items are
+# committed, so this runs only what is missing (the whole protocol is ~10 h on a 2-core CPU)
+table-quality-cifar10: install $(DATA)/cifar-10-batches-py/test_batch
+	benchmarks/quality-cifar10/run.sh a >> benchmarks/quality-cifar10/logs/lane-a.log 2>&1 & \
+	benchmarks/quality-cifar10/run.sh b >> benchmarks/quality-cifar10/logs/lane-b.log 2>&1; wait
+	benchmarks/quality-cifar10/run.sh c >> benchmarks/quality-cifar10/logs/lane-c.log 2>&1
+	benchmarks/quality-cifar10/run.sh report
 
 # --- paper tables: baseline -> GA-MO search + KD fine-tune -> one-shot pruners -> Markdown table ----
 table-vgg16-cifar10: install $(DATA)/cifar-10-batches-py/test_batch

@@ -19,6 +19,8 @@ Arms (each fine-tuned by the library's shared KD routine with the same recipe an
   taylor_nsga2   NSGA-II with the paper's data-free taylor_proxy fitness and Taylor importance (no
                  finalists: data-free, as published)
   global_taylor  one-shot global Taylor (rule min) at the target
+  global_l1      one-shot global threshold on L1 norms (rule min) at the target (the search's
+                 `global` seed)
   uniform_l1     one-shot uniform keep ratio, L1 filters, at the target
 Opt-in ablations (--arms):
   front_at_target  the default, but NSGA-II keeps its (proxy, MACs, params) front at the target

@@ -278,7 +278,8 @@ def oneshot_cli(trained_root: Path, out: Path, *overrides: str, check: bool = Tr
 def test_entry_point_global_taylor_and_lamp(trained, tmp_path):  # noqa: F811
     oneshot_cli(trained, tmp_path / "gt", "oneshot=global_taylor", "target_macs_reduction=0.6")
     run = next((tmp_path / "gt" / "oneshot").iterdir())
-    assert (run / ".hydra").is_dir()
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    assert config.oneshot.params.importance == "taylor" and config.importance.name == "l1"  # global *Taylor*
     table = (run / "results.md").read_text()
     assert table.splitlines()[0].startswith("| plan | pick | search proxy | val acc | test acc | Δ test acc | MACs | "
                                             "MACs red. | params | params red. | latency b1 | speedup |")

@@ -49,9 +49,11 @@ SEARCH_ARMS = {
                     "fitness.params.adaptive_bn=false", "objective.repair_to_target=false",
                     "optimizer.seed_with_oneshot=false"],
 }
-ONESHOT_ARMS = {"global_taylor": ["oneshot=global_taylor", "oneshot.params.rule=min"],
+ONESHOT_ARMS = {"global_taylor": ["oneshot=global_taylor", "oneshot.params.rule=min", "oneshot.params.importance=taylor"],
+                "global_l1": ["oneshot=global_taylor", "oneshot.params.rule=min", "oneshot.params.importance=l1",
+                              "oneshot.params.batches=0"],
                 "uniform_l1": ["oneshot=uniform_l1"]}
-ARMS = ("default", "ga", "random", "taylor_nsga2", "global_taylor", "uniform_l1")
+ARMS = ("default", "ga", "random", "taylor_nsga2", "global_taylor", "global_l1", "uniform_l1")
 LABELS = {"default": "search: NSGA-II + calib (default)", "ga": "search: single-objective GA + calib",
           "random": "random search, same budget", "taylor_nsga2": "search: NSGA-II + taylor_proxy (data-free)",
           "front_at_target": "ablation: default keeping the NSGA-II front (proxy, MACs, params) at the target",
@@ -61,7 +63,7 @@ LABELS = {"default": "search: NSGA-II + calib (default)", "ga": "search: single-
           "previous_ga": "ablation: GA, Taylor channels, highest proxy (earlier default)",
           "previous_random": "ablation: random search, Taylor channels, highest proxy (earlier default)",
           "plain_nsga2": "ablation: NSGA-II + calib before repair, seeds, adaptive BN",
-          "global_taylor": "global Taylor (min)", "uniform_l1": "uniform L1"}
+          "global_taylor": "global Taylor (min)", "global_l1": "global L1 (min)", "uniform_l1": "uniform L1"}
 FITNESSES: dict[str, list[str] | None] = {  # proxy -> overrides; calib proxies also give <name>_neg_loss (-loss)
     "taylor_proxy": ["fitness=taylor_proxy", "importance=taylor"],  # the paper's data-free proxy
     "calib": ["fitness=calib", "fitness.params.adaptive_bn=false"],
