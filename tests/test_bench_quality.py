@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -34,6 +36,10 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
                                         "calib_adaptive_bn_bn32", "distortion", "finalists", "finalists_neg_loss"}
     assert all(set(v) == {"kendall_tau", "spearman"} for v in results["fidelity"].values())
     assert results["fidelity_details"]["plans_finetuned"] == 4
+    goal = results["goal"]["resnet20@0.5"]  # the default against the better of random and uniform L1
+    rivals = {arm: cells[arm]["test_acc"][0] for arm in ("random", "uniform_l1")}
+    assert goal["best_simple"] == max(rivals, key=rivals.get)
+    assert goal["margin"] == pytest.approx(cells["default"]["test_acc"][0] - max(rivals.values()))
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     assert written["arms"] == results["arms"]
     assert "## Proxy fidelity" in (tmp_path / "out" / "results.md").read_text()

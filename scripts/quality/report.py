@@ -5,7 +5,9 @@ import sys
 from typing import Any, Sequence
 
 from quality.fidelity import correlations
-from quality.protocol import LABELS
+from quality.protocol import ARMS, LABELS
+
+SIMPLE = ("uniform_l1", "global_taylor", "global_l1", "random")  # the hand-set / unguided arms
 
 def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
     from gaprune.utils.io import atomic_write_text, read_json, write_json
@@ -30,22 +32,50 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
     spec = args.spec
     results = {
         "protocol": {"name": args.protocol, **{k: v for k, v in spec.items() if k != "results"},
-                     "arms": {a: LABELS[a] for a in sorted({arm for cells in arms.values() for arm in cells})}, "threads": args.threads,
+                     "arms": {a: LABELS.get(a, a) for a in sorted({arm for cells in arms.values() for arm in cells})}, "threads": args.threads,
                      "command": "python scripts/bench_quality.py " + " ".join(sys.argv[1:]),
                      "wall_seconds_this_invocation": wall},
         "baselines": {m: b["test_acc"] for m, b in baselines.items()},
         "baseline_details": baselines,
         "arms": {key: {arm: {k: cell[k] for k in ("test_acc", "macs_reduction", "params_reduction",
                                                   "val_acc_before_finetune", "seeds", "keep_counts", "seconds")}
-                       for arm, cell in sorted(cells.items())} for key, cells in sorted(arms.items())},
+                       for arm, cell in sorted(cells.items(), key=arm_order)} for key, cells in sorted(arms.items())},
         "fidelity": {name: {"kendall_tau": c["kendall_tau"], "spearman": c["spearman"]}
                      for name, c in (fid or {}).get("correlations", {}).items()},
         "fidelity_details": fid,
     }
+    results["goal"] = goal_check(results["arms"])
     write_json(args.results.with_suffix(".json"), results)
     atomic_write_text(args.results.with_suffix(".md"), render(results))
     print(render(results))
     return results
+
+
+def arm_order(item: tuple[str, Any]) -> tuple[int, str]:
+    """The protocol's arms in their order, then the ablations by name."""
+    arm = item[0]
+    return (ARMS.index(arm), "") if arm in ARMS else (len(ARMS), arm)
+
+
+def goal_check(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per cell with a `default` arm: its mean minus the best simple pruner's mean (issue #10's
+    goal: >= +0.5 points), and the per-seed differences on the seeds both have."""
+    import statistics
+
+    out = {}
+    for key, cells in arms.items():
+        rivals = {arm: statistics.fmean(cells[arm]["test_acc"]) for arm in SIMPLE if arm in cells}
+        if "default" not in cells or not rivals:
+            continue
+        best = max(rivals, key=rivals.get)
+        default = dict(zip(cells["default"]["seeds"], cells["default"]["test_acc"]))
+        rival = dict(zip(cells[best]["seeds"], cells[best]["test_acc"]))
+        mean = statistics.fmean(default.values())
+        out[key] = {"default_mean": mean, "default_seeds": sorted(default), "best_simple": best,
+                    "best_simple_mean": rivals[best], "best_simple_seeds": sorted(rival),
+                    "margin": mean - rivals[best], "per_seed_margin": {seed: default[seed] - rival[seed]
+                                                                       for seed in sorted(default) if seed in rival}}
+    return out
 
 
 def render(results: dict[str, Any]) -> str:
@@ -68,9 +98,19 @@ def render(results: dict[str, Any]) -> str:
         model = key.split("@")[0]
         lines.append(f"| {key} | baseline | {100 * results['baselines'].get(model, float('nan')):.2f} | | | | |")
         for arm, cell in cells.items():
-            lines.append(f"| {key} | {LABELS.get(arm, arm)} | {pm(cell['test_acc'])} | "
-                         f"{', '.join(f'{100 * v:.2f}' for v in cell['test_acc'])} | {pm(cell['macs_reduction'], 1)} | "
+            per_seed = ", ".join(f"s{seed} {100 * v:.2f}" for seed, v in zip(cell["seeds"], cell["test_acc"]))
+            lines.append(f"| {key} | {LABELS.get(arm, arm)} | {pm(cell['test_acc'])} | {per_seed} | "
+                         f"{pm(cell['macs_reduction'], 1)} | "
                          f"{pm(cell['params_reduction'], 1)} | {pm(cell['val_acc_before_finetune'])} |")
+    if results.get("goal"):
+        lines += ["", "## Goal: the default search's mean >= 0.5 points above the best simple pruner "
+                      f"({', '.join(LABELS[a] for a in SIMPLE)})", "",
+                  "| model @ target | default (seeds) | best simple (seeds) | margin | per-seed margin |", "|---|---|---|---|---|"]
+        for key, g in results["goal"].items():
+            seeds = ", ".join(f"s{seed} {100 * m:+.2f}" for seed, m in g["per_seed_margin"].items())
+            lines.append(f"| {key} | {100 * g['default_mean']:.2f} ({len(g['default_seeds'])}) | "
+                         f"{LABELS[g['best_simple']]} {100 * g['best_simple_mean']:.2f} ({len(g['best_simple_seeds'])}) | "
+                         f"{100 * g['margin']:+.2f} | {seeds} |")
     fid = results.get("fidelity_details")
     if fid:
         lines += ["", f"## Proxy fidelity: {fid['plans_finetuned']}/{fid['plans']} random plans fine-tuned, MACs "
