@@ -1,8 +1,10 @@
 """The CIFAR-10 / digits quality protocols, the arms, and the Hydra configs every item is composed from.
 
 Invariants: an arm is a fixed list of overrides on top of `common` (data, baseline, fine-tune
-recipe of its model) and `search_budget`; a finished item was computed from exactly those
-overrides, so an arm's meaning never changes once items exist (a new variant is a new arm).
+recipe of its model) and `search_budget`. When a change of the library's defaults changes what an
+arm computes, its finished items are refiled under a new arm name that pins the old behaviour
+(e.g. `front_at_target`), so one arm name never mixes two methods; the work dir's README lists the
+commit of every item.
 """
 from __future__ import annotations
 
