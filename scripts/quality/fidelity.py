@@ -84,7 +84,7 @@ def score_fidelity_plans(args, base: list[str], fid: dict[str, Any], scored: dic
         if name in scored["scores"]:
             continue
         partial = scored.setdefault("partial", {}).setdefault(name, {"proxy": [], "neg_loss": [], "seconds": 0.0})
-        fitness = (finalist_fitness(job_cfg([]), run, importance) if overrides is None
+        fitness = (finalist_fitness(run.cfg, run, importance) if overrides is None
                    else fitness_from_config(job_cfg(overrides).fitness, run, importance))
         for plan in decoded[len(partial["proxy"]):]:
             t0 = time.perf_counter()

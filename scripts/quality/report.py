@@ -9,6 +9,7 @@ from quality.protocol import ARMS, LABELS
 
 SIMPLE = ("uniform_l1", "global_taylor", "global_l1", "random")  # the hand-set / unguided arms
 
+
 def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
     from gaprune.utils.io import atomic_write_text, read_json, write_json
 
@@ -46,8 +47,9 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
     }
     results["goal"] = goal_check(results["arms"])
     write_json(args.results.with_suffix(".json"), results)
-    atomic_write_text(args.results.with_suffix(".md"), render(results))
-    print(render(results))
+    text = render(results)
+    atomic_write_text(args.results.with_suffix(".md"), text)
+    print(text)
     return results
 
 
