@@ -140,6 +140,18 @@ def test_nsga2_optimises_the_proxy_alone_where_the_repair_holds_the_target(setup
     assert search_objectives(_search_config("optimizer=ga"), repair) == ["proxy"]
 
 
+def test_latency_lut_is_wanted_only_when_the_objectives_in_use_have_latency(setup) -> None:
+    from gaprune.pipeline.latency import wants_latency
+    from gaprune.pipeline.search import search_objectives
+
+    encoding, cost = setup
+    cfg = _search_config("optimizer=nsga2", "optimizer.target_objectives=[proxy,latency]",
+                         "objective.target_macs_reduction=0.6")
+    assert wants_latency(cfg)  # validation counts the objectives the search might optimise
+    assert wants_latency(cfg, search_objectives(cfg, TargetRepair(encoding, cost, 0.6)))
+    assert not wants_latency(cfg, search_objectives(cfg, None))  # repair off: the front, no latency, no LUT
+
+
 def test_bad_target_objectives_are_one_line_errors(tmp_path) -> None:
     from helpers import run_cli
 

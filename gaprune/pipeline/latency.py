@@ -3,9 +3,9 @@
 - `latency_settings`: the `finetune.latency` block -> `LatencySettings` (None: no latency columns);
 - `search_latency_cost`: the latency lookup table of the run's reference model on the run's
   device (`gaprune.deploy.lut`, cached beside the importance cache under
-  `<paths.checkpoints>/cache/`), built only when the search asks for latency: `latency` in
-  `optimizer.objectives`, `objective.w_latency`, `objective.target_latency_reduction` or
-  `pick=target_latency`. LUT options: top-level `latency_lut` (batch, repeats = interleaved timing rounds, clock).
+  `<paths.checkpoints>/cache/`), built only when the search asks for latency: `latency` among
+  the objectives it optimises (`pipeline.search.search_objectives`), `objective.w_latency`,
+  `objective.target_latency_reduction` or `pick=target_latency`. LUT options: top-level `latency_lut` (batch, repeats = interleaved timing rounds, clock).
 """
 from __future__ import annotations
 
@@ -26,11 +26,14 @@ def latency_settings(cfg: DictConfig) -> LatencySettings | None:
     return LatencySettings.from_params(plain(cfg.finetune.get("latency")))
 
 
-def wants_latency(cfg: DictConfig) -> bool:
+def wants_latency(cfg: DictConfig, objectives: list[str] | None = None) -> bool:
+    """Whether the search needs the latency LUT. `objectives`: those the search optimises; None
+    (validation, before the target repair is known) counts every objective it might optimise."""
     objective = cfg.objective
-    objectives = list(cfg.optimizer.get("objectives") or [])
-    if objective.get("target_macs_reduction") is not None:
-        objectives += list(cfg.optimizer.get("target_objectives") or [])
+    if objectives is None:
+        objectives = list(cfg.optimizer.get("objectives") or [])
+        if objective.get("target_macs_reduction") is not None:
+            objectives += list(cfg.optimizer.get("target_objectives") or [])
     return ("latency" in objectives or bool(objective.get("w_latency"))
             or objective.get("target_latency_reduction") is not None or cfg.pick == "target_latency")
 
@@ -45,9 +48,10 @@ def lut_options(cfg: DictConfig) -> dict[str, Any]:
     return options
 
 
-def search_latency_cost(cfg: DictConfig, run) -> LatencyCost | None:
-    """The LUT-based latency cost of the run's reference model, or None when latency is not asked for."""
-    if not wants_latency(cfg):
+def search_latency_cost(cfg: DictConfig, run, objectives: list[str]) -> LatencyCost | None:
+    """The LUT-based latency cost of the run's reference model, or None when neither `objectives`
+    (those the search optimises) nor the objective's weights, targets or pick ask for latency."""
+    if not wants_latency(cfg, objectives):
         return None
     options = lut_options(cfg)
     lut = load_or_measure(run.model, run.units, run.x0, run.device, checkpoint=run.baseline_path,

@@ -96,8 +96,9 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
     fitness = fitness_from_config(cfg.fitness, run, importance)
     objective = Objective(**plain(cfg.objective))
     repair, seeds = at_target(cfg, objective, encoding, cost, importance)
-    problem = Problem(encoding, fitness, cost, objective, objectives=search_objectives(cfg, repair), repair=repair,
-                      latency=search_latency_cost(cfg, run))  # None unless latency is asked for
+    objectives = search_objectives(cfg, repair)
+    problem = Problem(encoding, fitness, cost, objective, objectives=objectives, repair=repair,
+                      latency=search_latency_cost(cfg, run, objectives))  # None unless latency is asked for
     optimizer = build_optimizer(cfg.optimizer.name, problem, seeds=list(seeds.values()), **plain(cfg.optimizer.params))
 
     state = None
