@@ -59,6 +59,7 @@ for path in (REPO, REPO / "scripts"):  # gaprune, and this script's parts (scrip
         sys.path.insert(0, str(path))
 
 from quality.fidelity import fidelity  # noqa: E402
+from quality.finalists import attach_finalists, finalist_rows  # noqa: E402
 from quality.protocol import (ARMS, ONESHOT_ARMS, PROTOCOLS, SEARCH_ARMS, baseline_path, common,  # noqa: E402
                               compose, hydra_job, search_budget)
 from quality.report import report  # noqa: E402
@@ -107,8 +108,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-
-
 # --- items -----------------------------------------------------------------------------------
 def write_item(path: Path, item: dict[str, Any]) -> None:
     from gaprune.utils.io import write_json
@@ -153,7 +152,7 @@ def run_arm(args, model: str, target: float, seed: int, arm: str) -> dict[str, A
         pick = read_json(directory / "picks.json")["target_macs"]
         row.update(evaluations=summary["evaluations"], cache_hits=summary["cache_hits"],
                    search_seconds=summary["seconds"], keep_counts=pick["keep_counts"], strategies=pick["strategies"],
-                   pick_proxy=pick["proxy"])
+                   pick_proxy=pick["proxy"], finalists=finalist_rows(directory))
     else:
         from gaprune.pipeline.oneshot import run_oneshot
         from gaprune.pruning.plan import plan_from_json
@@ -169,7 +168,6 @@ def run_arm(args, model: str, target: float, seed: int, arm: str) -> dict[str, A
     print(f"[bench] {model}@{target:g} {arm:>13} s{seed}: test {100 * row['test_acc']:.2f}%  MACs -"
           f"{100 * row['macs_reduction']:.1f}%  ({row['seconds']:.0f}s)", flush=True)
     return row
-
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -206,6 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             run_arm(args, model, target, seed, arm)
         if not args.report and args.fidelity != "no" and spec["fidelity"]["model"] in models:
             fidelity(args)
+        attach_finalists(args.out)  # items finished before they carried their finalists
     except GapruneError as err:
         sys.exit(f"bench_quality: error: {err}")
     return report(args, baselines, time.perf_counter() - wall)

@@ -43,6 +43,16 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     assert written["arms"] == results["arms"]
     assert "## Proxy fidelity" in (tmp_path / "out" / "results.md").read_text()
+    # the default's finalists next to the full fine-tunes: the uniform seed is the uniform_l1 arm's plan
+    (short_vs_full,) = results["finalists_short_vs_full"]
+    assert (short_vs_full["cell"], short_vs_full["seed"]) == ("resnet20@0.5", 0)
+    assert short_vs_full["winner"]["test_acc"] == cells["default"]["test_acc"][0]
+    assert short_vs_full["uniform"]["test_acc"] == cells["uniform_l1"]["test_acc"][0]
+    default_path = tmp_path / "out" / "items" / "resnet20@0.5" / "default-s0.json"
+    default_item = json.loads(default_path.read_text())
+    assert sum(r["winner"] for r in default_item["finalists"]) == 1
+    assert short_vs_full["uniform"]["id"] in {r["id"] for r in default_item["finalists"]}
+    assert "## Finalists: lead over the one-shot seeds" in (tmp_path / "out" / "results.md").read_text()
     capsys.readouterr()
 
     items = sorted((tmp_path / "out" / "items").rglob("*.json"))
@@ -62,3 +72,9 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     assert rescored["scores"]["calib_adaptive_bn_bn32"] == dropped and "partial" not in rescored
     assert rescored["scores"]["calib"] == scores["scores"]["calib"] and rescored["plans"] == scores["plans"]
     assert capsys.readouterr().out.count("[bench] fidelity:") == 1
+
+    # an item written before items carried their finalists gains them from its run dir
+    default_path.write_text(json.dumps({k: v for k, v in default_item.items() if k != "finalists"}))
+    reported = bench.main(argv + ["--report"])
+    assert json.loads(default_path.read_text()) == default_item
+    assert reported["finalists_short_vs_full"] == results["finalists_short_vs_full"]

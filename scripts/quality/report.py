@@ -5,6 +5,7 @@ import sys
 from typing import Any, Sequence
 
 from quality.fidelity import correlations
+from quality.finalists import render_short_vs_full, short_vs_full
 from quality.protocol import ARMS, LABELS
 
 SIMPLE = ("uniform_l1", "global_taylor", "global_l1", "random")  # the hand-set / unguided arms
@@ -14,8 +15,8 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
     from gaprune.utils.io import atomic_write_text, read_json, write_json
 
     arms: dict[str, dict[str, Any]] = {}
-    for path in sorted((args.out / "items").glob("*@*/*.json")):
-        row = read_json(path)
+    items = [read_json(path) for path in sorted((args.out / "items").glob("*@*/*.json"))]
+    for row in items:
         cell = arms.setdefault(f"{row['model']}@{row['target']:g}", {}).setdefault(row["arm"], {
             "seeds": [], "test_acc": [], "macs_reduction": [], "params_reduction": [], "val_acc_before_finetune": [],
             "keep_counts": [], "seconds": []})
@@ -46,6 +47,7 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
         "fidelity_details": fid,
     }
     results["goal"] = goal_check(results["arms"])
+    results["finalists_short_vs_full"] = short_vs_full(items)
     write_json(args.results.with_suffix(".json"), results)
     text = render(results)
     atomic_write_text(args.results.with_suffix(".md"), text)
@@ -113,6 +115,7 @@ def render(results: dict[str, Any]) -> str:
             lines.append(f"| {key} | {100 * g['default_mean']:.2f} ({len(g['default_seeds'])}) | "
                          f"{LABELS[g['best_simple']]} {100 * g['best_simple_mean']:.2f} ({len(g['best_simple_seeds'])}) | "
                          f"{100 * g['margin']:+.2f} | {seeds} |")
+    lines += render_short_vs_full(results.get("finalists_short_vs_full", []), p.get("finalist_steps", "-"))
     fid = results.get("fidelity_details")
     if fid:
         lines += ["", f"## Proxy fidelity: {fid['plans_finetuned']}/{fid['plans']} random plans fine-tuned, MACs "
