@@ -1,4 +1,4 @@
-"""Shared fixtures: real CIFAR-10 / MNIST prepared once from the offline archives.
+"""Shared fixtures: the bundled digits; real CIFAR-10 / MNIST prepared once from the offline archives.
 
 The shared data folder is `<root>/shared/data` beside the repository (`<root>/main`), or
 `$GAPRUNE_SHARED_DATA`. Prepared files are cached in `~/.cache/gaprune-test-data/`, keyed by
@@ -47,6 +47,14 @@ def _prepared(name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.fail(f"prepare.py {name} failed:\n{proc.stdout}\n{proc.stderr}")
     done.write_text("ok\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The bundled digits dataset (seed 0)."""
+    from gaprune.data.datasets import load_dataset
+
+    return load_dataset("digits", seed=0)
 
 
 @pytest.fixture(scope="session")

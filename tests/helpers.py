@@ -50,3 +50,12 @@ def trained_on_digits(digits: DataBundle, name: str, epochs: int, include_linear
     calib = list(make_loader(digits, "val", 64))
     importance = compute_importance("taylor", model, units, lambda: iter(calib), seed=0)
     return model, units, importance, calib
+
+
+def state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[key]), key

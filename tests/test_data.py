@@ -13,11 +13,6 @@ from gaprune.data.loaders import TensorLoader, make_loader
 from gaprune.utils.errors import GapruneError
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
-
-
 def _rows(x: torch.Tensor) -> Counter:
     return Counter(bytes(r.numpy().tobytes()) for r in x.reshape(len(x), -1))
 

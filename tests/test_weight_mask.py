@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from gaprune.data.datasets import load_dataset
 from gaprune.data.loaders import capped, make_loader
 from gaprune.engine.checkpoint import load_model
 from gaprune.engine.training import TrainConfig, evaluate, train
@@ -27,14 +26,9 @@ from gaprune.search.layerwise.ga import (LayerwiseResult, WeightMaskConfig, evol
 from gaprune.search.layerwise.problem import LayerProblem
 from gaprune.search.optimizers import OPTIMIZERS, BitIndividual, Optimizer
 from gaprune.utils.errors import GapruneError
-from helpers import baseline_of, run_cli
+from helpers import assert_same_state, baseline_of, run_cli
 
 LENET_LAYERS = ["conv1", "conv2", "fc1", "fc2", "fc3"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +104,7 @@ def test_ga_on_one_layer_improves_fitness(lenet, calib):
     assert summary["evaluations"] <= 12 + 10 * 10  # population - elite offspring per generation; survivors are not re-evaluated
     with masked_weights(lenet, {"fc1": mask}):
         assert evaluate(lenet, calib)["acc"] == pytest.approx(summary["acc_ga"])
-    for key, value in lenet.state_dict().items():  # evolve_layer leaves the model alone
-        assert torch.equal(value, before[key]), key
+    assert_same_state(lenet, before)  # evolve_layer leaves the model alone
 
 
 def test_layer_ga_runs_on_the_shared_optimizer(lenet, calib, monkeypatch):
@@ -229,8 +222,7 @@ def test_resume_after_a_layer_repeats_the_uninterrupted_run(trained, calib, digi
                             done=saved["done"], progress=False)
     assert SparsePlan(resumed.masks).signature() == SparsePlan(full.masks).signature()
     assert without_time(resumed.rows) == without_time(full.rows)
-    for key, value in full_model.state_dict().items():
-        assert torch.equal(value, resumed_model.state_dict()[key]), key
+    assert_same_state(resumed_model, full_model.state_dict())
 
 
 def test_layer_selection_and_config_errors(lenet):
