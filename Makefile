@@ -13,7 +13,7 @@ SMOKE_ARGS := $(if $(SMOKE),+smoke=cpu,)
 TABLES := outputs/tables$(if $(SMOKE),-smoke,)
 RUN = $(PY) $(1) $(SMOKE_ARGS) paths.data_dir=$(DATA) hydra.run.dir=$(2)
 
-.PHONY: install quickstart test clean tables table-quality-cifar10 table-vgg16-cifar10 table-vgg16-cifar100 table-lenet5-mnist table-rd table-ggpa-cifar10
+.PHONY: install quickstart test test-slow clean tables table-quality-cifar10 table-vgg16-cifar10 table-vgg16-cifar100 table-lenet5-mnist table-rd table-ggpa-cifar10
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ quickstart: install  ## baseline (trained if missing) -> NSGA-II search -> KD fi
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest
+
+test-slow: $(TEST_STAMP)  ## the long end-to-end tests the default suite leaves out
+	$(PY) -m pytest -m slow
 
 clean:
 	rm -rf outputs multirun

@@ -19,6 +19,7 @@ def load_script():
     return module
 
 
+@pytest.mark.slow  # a whole tiny protocol, run three times: minutes
 def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     bench = load_script()
     argv = ["--protocol", "digits", "--out", str(tmp_path / "out"), "--arms", "default", "random", "uniform_l1",
@@ -78,3 +79,47 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     reported = bench.main(argv + ["--report"])
     assert json.loads(default_path.read_text()) == default_item
     assert reported["finalists_short_vs_full"] == results["finalists_short_vs_full"]
+
+
+def _item(arm: str, seed: int, test_acc: float, keep_counts: list[int], finalists=None) -> dict:
+    return {"model": "vgg16", "target": 0.73, "arm": arm, "seed": seed, "test_acc": test_acc,
+            "keep_counts": keep_counts, **({"finalists": finalists} if finalists is not None else {})}
+
+
+def test_finalists_short_vs_full_finds_the_seeds_by_their_plans():
+    load_script()  # puts scripts/ on sys.path
+    from quality.finalists import render_short_vs_full, short_vs_full
+
+    rows = [{"id": 9, "proxy": 0.36, "finetune_acc": 0.68, "keep_counts": [3, 4], "winner": True},
+            {"id": 0, "proxy": 0.27, "finetune_acc": 0.65, "keep_counts": [2, 2], "winner": False},
+            {"id": 1, "proxy": 0.35, "finetune_acc": 0.66, "keep_counts": [1, 3], "winner": False}]
+    items = [_item("default", 0, 0.71, [3, 4], rows), _item("uniform_l1", 0, 0.7102, [2, 2]),
+             _item("global_l1", 0, 0.7076, [1, 3]),
+             _item("default", 1, 0.70, [3, 4]),  # no finalists re-ranked: no row
+             _item("default", 2, 0.70, [3, 4], rows), _item("uniform_l1", 2, 0.69, [5, 5])]  # seed's plan differs
+    table = short_vs_full(items)
+    assert [(row["cell"], row["seed"]) for row in table] == [("vgg16@0.73", 0), ("vgg16@0.73", 2)]
+    first, last = table
+    assert first["winner"] == {"id": 9, "proxy": 0.36, "short_acc": 0.68, "test_acc": 0.71}
+    assert (first["uniform"]["id"], first["uniform"]["test_acc"]) == (0, 0.7102)
+    assert (first["global"]["id"], first["global"]["test_acc"]) == (1, 0.7076)
+    assert "uniform" not in last and "global" not in last
+    lines = render_short_vs_full(table, 100)
+    assert "100-step" in lines[1]
+    assert lines[-2].endswith("| +3.0 / -0.02 |") and lines[-1].endswith("| - |")
+
+
+def test_goal_check_takes_the_best_simple_mean_and_per_seed_margins():
+    load_script()
+    from quality.report import goal_check
+
+    arms = {"m@0.5": {"default": {"seeds": [0, 1], "test_acc": [0.80, 0.78]},
+                      "uniform_l1": {"seeds": [0, 1], "test_acc": [0.79, 0.77]},
+                      "random": {"seeds": [0], "test_acc": [0.795]},
+                      "taylor_nsga2": {"seeds": [0], "test_acc": [0.9]}},  # not a simple pruner
+            "m@0.7": {"uniform_l1": {"seeds": [0], "test_acc": [0.7]}}}  # no default: no check
+    (key,) = goal_check(arms)
+    check = goal_check(arms)[key]
+    assert key == "m@0.5" and check["best_simple"] == "random"
+    assert check["margin"] == pytest.approx(0.79 - 0.795)
+    assert check["per_seed_margin"] == {0: pytest.approx(0.005)}

@@ -38,6 +38,7 @@ def sweep(trained, tmp_path_factory) -> Path:
     return directory
 
 
+@pytest.mark.slow  # the sweep: two searches under submitit
 def test_submitit_local_multirun_runs_every_job_to_completion(sweep):
     for job, seed in ((0, 0), (1, 1)):
         summary = json.loads((sweep / str(job) / "search_summary.json").read_text())
@@ -60,6 +61,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the job's process through /proc")
 def test_preempted_local_job_requeues_and_resumes_to_the_uninterrupted_result(sweep, trained, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -53,6 +53,7 @@ def test_workers_zero_on_the_command_line_is_one_line_before_any_work(tmp_path):
     assert not (tmp_path / "ck").exists()
 
 
+@pytest.mark.slow  # Ray's start-up and two worker processes: minutes on a small CPU
 def test_two_workers_write_the_serial_records_byte_for_byte(trained, tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="needs the ray extra: pip install 'gaprune[ray]'")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the serial process and each worker: one torch thread
