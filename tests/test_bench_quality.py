@@ -86,7 +86,7 @@ def _item(arm: str, seed: int, test_acc: float, keep_counts: list[int], finalist
             "keep_counts": keep_counts, **({"finalists": finalists} if finalists is not None else {})}
 
 
-def test_finalists_short_vs_full_finds_the_seeds_by_their_plans():
+def test_finalists_short_vs_full_takes_the_first_records_as_the_seeds():
     load_script()  # puts scripts/ on sys.path
     from quality.finalists import render_short_vs_full, short_vs_full
 
@@ -96,17 +96,18 @@ def test_finalists_short_vs_full_finds_the_seeds_by_their_plans():
     items = [_item("default", 0, 0.71, [3, 4], rows), _item("uniform_l1", 0, 0.7102, [2, 2]),
              _item("global_l1", 0, 0.7076, [1, 3]),
              _item("default", 1, 0.70, [3, 4]),  # no finalists re-ranked: no row
-             _item("default", 2, 0.70, [3, 4], rows), _item("uniform_l1", 2, 0.69, [5, 5])]  # seed's plan differs
+             _item("default", 2, 0.70, [3, 4], rows), _item("uniform_l1", 2, 0.69, [2, 3])]  # a channel elsewhere
     table = short_vs_full(items)
     assert [(row["cell"], row["seed"]) for row in table] == [("vgg16@0.73", 0), ("vgg16@0.73", 2)]
     first, last = table
     assert first["winner"] == {"id": 9, "proxy": 0.36, "short_acc": 0.68, "test_acc": 0.71}
-    assert (first["uniform"]["id"], first["uniform"]["test_acc"]) == (0, 0.7102)
-    assert (first["global"]["id"], first["global"]["test_acc"]) == (1, 0.7076)
-    assert "uniform" not in last and "global" not in last
+    assert first["uniform"] == {"id": 0, "proxy": 0.27, "short_acc": 0.65, "test_acc": 0.7102, "same_plan": True}
+    assert (first["global"]["id"], first["global"]["test_acc"], first["global"]["same_plan"]) == (1, 0.7076, True)
+    assert (last["uniform"]["test_acc"], last["uniform"]["same_plan"]) == (0.69, False)
+    assert "global" not in last  # no global_l1 item on seed 2
     lines = render_short_vs_full(table, 100)
     assert "100-step" in lines[1]
-    assert lines[-2].endswith("| +3.0 / -0.02 |") and lines[-1].endswith("| - |")
+    assert lines[-2].endswith("| +3.0 / -0.02 |") and "/ 69.00* |" in lines[-1]
 
 
 def test_goal_check_takes_the_best_simple_mean_and_per_seed_margins():
