@@ -37,6 +37,9 @@ target +- window of the fidelity model's baseline, every proxy scored (the fitne
 the default one, and the finalists' short fine-tune), each plan fine-tuned with one equal short
 budget; Kendall tau and Spearman rho of every proxy against post-fine-tune test accuracy.
 
+Finalists table (scripts/quality/finalists.py): per cell and seed, the default's pick and its
+one-shot seeds after the finalists' short fine-tune next to their arms' full fine-tune.
+
     python scripts/bench_quality.py --protocol cifar10 --out benchmarks/quality-cifar10
     python scripts/bench_quality.py --protocol cifar10 --models resnet20 --seeds 1 2   # a share of it
     python scripts/bench_quality.py --protocol cifar10 --report      # tables from what is finished

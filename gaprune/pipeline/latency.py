@@ -5,7 +5,8 @@
   device (`gaprune.deploy.lut`, cached beside the importance cache under
   `<paths.checkpoints>/cache/`), built only when the search asks for latency: `latency` among
   the objectives it optimises (`pipeline.search.search_objectives`), `objective.w_latency`,
-  `objective.target_latency_reduction` or `pick=target_latency`. LUT options: top-level `latency_lut` (batch, repeats = interleaved timing rounds, clock).
+  `objective.target_latency_reduction` or `pick=target_latency`. LUT options: top-level
+  `latency_lut` (batch, repeats = interleaved timing rounds, clock).
 """
 from __future__ import annotations
 
