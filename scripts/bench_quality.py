@@ -32,10 +32,11 @@ Opt-in ablations (--arms):
                  highest proxy at the target (NSGA-II keeping its front)
   plain_nsga2    the default before repair / seeds / adaptive BN (and before finalists and L1)
 
-Proxy fidelity (--fidelity, scripts/quality/fidelity.py): random ratio_strategy plans within
-target +- window of the fidelity model's baseline, every proxy scored (the fitnesses, variants of
-the default one, and the finalists' short fine-tune), each plan fine-tuned with one equal short
-budget; Kendall tau and Spearman rho of every proxy against post-fine-tune test accuracy.
+Proxy fidelity (--fidelity, scripts/quality/fidelity.py), one study per model in the protocol's
+`fidelity`: random ratio_strategy plans within its target +- window, every proxy scored (the
+fitnesses, variants of the default one, and the finalists' short fine-tune), each plan fine-tuned
+with one equal budget (ResNet-20: 1 epoch; VGG-16: the arms' 2 epochs); Kendall tau and Spearman
+rho of every proxy against post-fine-tune test accuracy.
 
 Finalists table (scripts/quality/finalists.py): per cell and seed, the default's pick and its
 one-shot seeds after the finalists' short fine-tune next to their arms' full fine-tune.
@@ -84,7 +85,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", dest="changes", action="append", default=[], metavar="KEY=JSON",
-                        help="change a protocol entry, e.g. --set population=4 --set fidelity.plans=4 (results "
+                        help="change a protocol entry, e.g. --set population=4 --set fidelity.resnet20.plans=4 (results "
                              "then go under --out, never over the protocol's committed results)")
     args = parser.parse_args(argv)
     args.spec = copy.deepcopy(PROTOCOLS[args.protocol])
@@ -205,8 +206,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for seed in [s for s in entry["seeds"] if args.seeds is None or s in args.seeds]:
                         for arm in args.arms:
                             run_arm(args, model, target, seed, arm)
-        if not args.report and args.fidelity != "no" and spec["fidelity"]["model"] in models:
-            fidelity(args)
+        if not args.report and args.fidelity != "no":
+            for model in [m for m in models if m in spec["fidelity"]]:
+                fidelity(args, model)
         attach_finalists(args.out)  # items finished before they carried their finalists
     except GapruneError as err:
         sys.exit(f"bench_quality: error: {err}")

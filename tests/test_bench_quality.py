@@ -25,7 +25,7 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     argv = ["--protocol", "digits", "--out", str(tmp_path / "out"), "--arms", "default", "random", "uniform_l1",
             "--set", "baseline_epochs=2", "--set", "population=4", "--set", "generations=1",
             "--set", 'models={"resnet20": {"overrides": ["model.params.width=4"], "targets": [0.5], "seeds": [0]}}',
-            "--set", "fidelity.plans=4"]
+            "--set", "fidelity.resnet20.plans=4"]
     results = bench.main(argv)
     assert set(results["baselines"]) == {"resnet20"}
     cells = results["arms"]["resnet20@0.5"]
@@ -36,7 +36,7 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     assert set(results["fidelity"]) >= {"taylor_proxy", "calib", "calib_adaptive_bn", "calib_adaptive_bn_all_val",
                                         "calib_adaptive_bn_bn32", "distortion", "finalists", "finalists_neg_loss"}
     assert all(set(v) == {"kendall_tau", "spearman"} for v in results["fidelity"].values())
-    assert results["fidelity_details"]["plans_finetuned"] == 4
+    assert results["fidelity_studies"]["resnet20@0.5"]["plans_finetuned"] == 4
     goal = results["goal"]["resnet20@0.5"]  # the default against the better of random and uniform L1
     rivals = {arm: cells[arm]["test_acc"][0] for arm in ("random", "uniform_l1")}
     assert goal["best_simple"] == max(rivals, key=rivals.get)
@@ -64,7 +64,7 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     assert "[bench]" not in capsys.readouterr().out.replace("[bench] wrote", "")
 
     # a proxy missing from the study (e.g. one added later) is scored alone, on the same plans
-    scores_path = tmp_path / "out" / "items" / "fidelity" / "scores.json"
+    scores_path = tmp_path / "out" / "items" / "fidelity" / "resnet20@0.5" / "scores.json"
     scores = json.loads(scores_path.read_text())
     dropped = scores["scores"].pop("calib_adaptive_bn_bn32")
     scores_path.write_text(json.dumps(scores))
@@ -72,7 +72,7 @@ def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
     rescored = json.loads(scores_path.read_text())
     assert rescored["scores"]["calib_adaptive_bn_bn32"] == dropped and "partial" not in rescored
     assert rescored["scores"]["calib"] == scores["scores"]["calib"] and rescored["plans"] == scores["plans"]
-    assert capsys.readouterr().out.count("[bench] fidelity:") == 1
+    assert capsys.readouterr().out.count("[bench] fidelity resnet20@0.5:") == 1
 
     # an item written before items carried their finalists gains them from its run dir
     default_path.write_text(json.dumps({k: v for k, v in default_item.items() if k != "finalists"}))

@@ -248,14 +248,20 @@ def search_space(run: Run) -> tuple[dict[str, np.ndarray], Encoding, CostModel]:
     """(importance, encoding, cost model) of a run whose reference model is loaded: importance
     computed once on validation batches (cached by checkpoint), the configured encoding, and the
     encoding's cost model checked against physical pruning. Moves the model to the run's device."""
-    cfg, model, device = run.cfg, run.model, run.device
-    model.to(device)
-    imp = cfg.importance
-    cache = cache_file(Path(cfg.paths.checkpoints) / "cache", run.baseline_path, imp.name, imp.calib_batches, cfg.seed)
-    val_batches = lambda: capped(loader(run.bundle, "val", imp.calib_batch_size, device), imp.calib_batches)  # noqa: E731
-    importance = compute_importance(imp.name, model, run.units, val_batches, cfg.seed, cache)
+    cfg, model = run.cfg, run.model
+    importance = run_importance(run, cfg.importance)
     encoding = build_encoding(cfg.encoding.name, run.units, importance, model=model, **plain(cfg.encoding.params))
     return importance, encoding, encoding.cost_model(model, run.x0, random.Random(cfg.seed))
+
+
+def run_importance(run: Run, imp: DictConfig) -> dict[str, np.ndarray]:
+    """Channel importance of the run's reference model by an `importance` group config, on
+    validation batches (cached by checkpoint). Moves the model to the run's device."""
+    cfg, device = run.cfg, run.device
+    run.model.to(device)
+    cache = cache_file(Path(cfg.paths.checkpoints) / "cache", run.baseline_path, imp.name, imp.calib_batches, cfg.seed)
+    val_batches = lambda: capped(loader(run.bundle, "val", imp.calib_batch_size, device), imp.calib_batches)  # noqa: E731
+    return compute_importance(imp.name, run.model, run.units, val_batches, cfg.seed, cache)
 
 
 def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness | WorkerPool:

@@ -1,10 +1,11 @@
-"""Proxy fidelity: random plans near the target, scored by every proxy in FITNESSES, each
-fine-tuned with one equal short budget; Kendall tau / Spearman rho of each proxy against
-post-fine-tune test accuracy.
+"""Proxy fidelity: per study (one per model in the protocol's `fidelity`), random plans near the
+model's target, scored by every proxy in FITNESSES, each fine-tuned with one equal budget (the
+study's `epochs`); Kendall tau / Spearman rho of each proxy against post-fine-tune test accuracy.
 
-Invariants: the plans are drawn once (seeded) and stored with their scores in
-`items/fidelity/scores.json`; a proxy missing there is scored and stored plan by plan (so a new
-proxy can be added to a finished study and an interrupted one resumes); fine-tunes resume per plan.
+Invariants: a study `<model>@<target>` lives in `items/fidelity/<model>@<target>/`; its plans are
+drawn once (seeded, channels ranked by the study's `importance`) and stored with their scores in
+`scores.json`; a proxy missing there is scored and stored plan by plan (so a new proxy can be added
+to a finished study and an interrupted one resumes); fine-tunes resume per plan (`finetune/`).
 """
 from __future__ import annotations
 
@@ -18,28 +19,33 @@ from typing import Any
 from quality.protocol import FITNESSES, common, compose
 
 
-def fidelity(args) -> dict[str, Any] | None:
-    """Random plans near the target, every proxy, one equal short fine-tune each (resumable per plan)."""
+def study_name(model: str, study: dict[str, Any]) -> str:
+    return f"{model}@{study['target']:g}"
+
+
+def fidelity(args, model: str) -> dict[str, Any] | None:
+    """`model`'s study: random plans near its target, every proxy, one equal fine-tune each (resumable per plan)."""
     from gaprune.utils.io import read_json
 
-    fid = args.spec["fidelity"]
-    root = args.out / "items" / "fidelity"
+    study = args.spec["fidelity"][model]
+    name = study_name(model, study)
+    root = args.out / "items" / "fidelity" / name
     scores_path = root / "scores.json"
-    base = common(args, fid["model"], 0) + [f"finetune.epochs={fid['epochs']}", "importance=taylor",  # plans as first drawn
-                                            f"finalists.steps={args.spec['finalist_steps']}"]
+    base = common(args, model, 0) + [f"finetune.epochs={study['epochs']}", f"importance={study['importance']}",
+                                     f"finalists.steps={args.spec['finalist_steps']}"]
     scored = read_json(scores_path) if scores_path.is_file() else None
-    if scored is None or any(name not in scored["scores"] for name in FITNESSES):
-        scored = score_fidelity_plans(args, base, fid, scored, scores_path)
-    rows = finetune_fidelity_plans(args, base, scored, root / "finetune")
+    if scored is None or any(proxy not in scored["scores"] for proxy in FITNESSES):
+        scored = score_fidelity_plans(args, base, study, scored, scores_path, args.out / "runs" / "fidelity" / name)
+    rows = finetune_fidelity_plans(args, base, scored, root / "finetune", name)
     return {"scored": scored, "rows": rows}
 
 
-def draw_plans(encoding, cost, fid: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    """`fid["plans"]` distinct random plans within target +- window (seeded), and the draws it took."""
+def draw_plans(encoding, cost, study: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """`study["plans"]` distinct random plans within target +- window (seeded), and the draws it took."""
     rng = random.Random(10_000)
-    lo, hi = fid["target"] - fid["window"], fid["target"] + fid["window"]
+    lo, hi = study["target"] - study["window"], study["target"] + study["window"]
     plans, seen, draws = [], set(), 0
-    while len(plans) < fid["plans"]:
+    while len(plans) < study["plans"]:
         draws += 1
         if draws > 500_000:
             raise RuntimeError(f"only {len(plans)} random plans in MACs reduction [{lo:.2f}, {hi:.2f}]")
@@ -54,13 +60,13 @@ def draw_plans(encoding, cost, fid: dict[str, Any]) -> tuple[list[dict[str, Any]
     return plans, draws
 
 
-def score_fidelity_plans(args, base: list[str], fid: dict[str, Any], scored: dict[str, Any] | None,
-                         path: Path) -> dict[str, Any]:
+def score_fidelity_plans(args, base: list[str], study: dict[str, Any], scored: dict[str, Any] | None,
+                         path: Path, run_dir: Path) -> dict[str, Any]:
     """Scores of every proxy in FITNESSES missing from `scored` (None: draw the plans first),
     written to `path` after every plan."""
     from omegaconf import open_dict
 
-    from gaprune.pipeline.search import finalist_fitness, fitness_from_config, search_space
+    from gaprune.pipeline.search import finalist_fitness, fitness_from_config, run_importance, search_space
     from gaprune.pipeline.setup import open_run
     from gaprune.utils.io import write_json
 
@@ -72,20 +78,24 @@ def score_fidelity_plans(args, base: list[str], fid: dict[str, Any], scored: dic
             del cfg["hydra"]
         return cfg
 
-    run = open_run(job_cfg([]), directory=args.out / "runs" / "fidelity")
+    run = open_run(job_cfg([]), directory=run_dir)
     run.reference()
     importance, encoding, cost = search_space(run)
     if scored is None:
-        plans, draws = draw_plans(encoding, cost, fid)
-        scored = {"window": [fid["target"] - fid["window"], fid["target"] + fid["window"]], "draws": draws,
+        plans, draws = draw_plans(encoding, cost, study)
+        scored = {"window": [study["target"] - study["window"], study["target"] + study["window"]], "draws": draws,
                   "plans": plans, "scores": {}, "seconds": {}}
     decoded = [encoding.decode(p["genome"]) for p in scored["plans"]]
     for name, overrides in FITNESSES.items():
         if name in scored["scores"]:
             continue
         partial = scored.setdefault("partial", {}).setdefault(name, {"proxy": [], "neg_loss": [], "seconds": 0.0})
-        fitness = (finalist_fitness(run.cfg, run, importance) if overrides is None
-                   else fitness_from_config(job_cfg(overrides).fitness, run, importance))
+        if overrides is None:
+            fitness = finalist_fitness(run.cfg, run, importance)
+        else:  # a proxy with its own importance (taylor_proxy) scores the study's plans with it
+            cfg = job_cfg(overrides)
+            own = importance if cfg.importance.name == run.cfg.importance.name else run_importance(run, cfg.importance)
+            fitness = fitness_from_config(cfg.fitness, run, own)
         for plan in decoded[len(partial["proxy"]):]:
             t0 = time.perf_counter()
             (result,) = fitness.evaluate([plan])
@@ -104,11 +114,13 @@ def score_fidelity_plans(args, base: list[str], fid: dict[str, Any], scored: dic
             scored["scores"][f"{name}_neg_loss"] = done["neg_loss"]
         scored["seconds"][name] = done["seconds"]
         write_json(path, scored)
-        print(f"[bench] fidelity: {name} scored {len(decoded)} plans in {done['seconds']:.1f}s", flush=True)
+        print(f"[bench] fidelity {path.parent.name}: {name} scored {len(decoded)} plans in {done['seconds']:.1f}s",
+              flush=True)
     return scored
 
 
-def finetune_fidelity_plans(args, base: list[str], scored: dict[str, Any], directory: Path) -> list[dict[str, Any]]:
+def finetune_fidelity_plans(args, base: list[str], scored: dict[str, Any], directory: Path,
+                            name: str) -> list[dict[str, Any]]:
     from omegaconf import open_dict
 
     from gaprune.engine.checkpoint import load_model
@@ -130,7 +142,7 @@ def finetune_fidelity_plans(args, base: list[str], scored: dict[str, Any], direc
         started = time.perf_counter()
         seed_everything(int(cfg.seed))
         row = job.run(Plan.from_json(item["plan"]), index, predicted_macs=item["macs"])
-        print(f"[bench] fidelity plan {index}: MACs -{100 * row['macs_reduction']:.1f}%, test "
+        print(f"[bench] fidelity {name} plan {index}: MACs -{100 * row['macs_reduction']:.1f}%, test "
               f"{100 * row['test_acc']:.2f}% ({time.perf_counter() - started:.0f}s)", flush=True)
     with contextlib.redirect_stdout(io.StringIO()):
         job.close()

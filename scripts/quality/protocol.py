@@ -23,7 +23,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "models": {"resnet20": {"overrides": [], "targets": [0.5, 0.7], "seeds": [0, 1, 2]},
                    "vgg16": {"overrides": ["model.params.width=0.25", "trainer.lr=0.05"], "targets": [0.73],
                              "seeds": [0, 1, 2]}},
-        "fidelity": {"model": "resnet20", "target": 0.7, "window": 0.05, "plans": 30, "epochs": 1},
+        "fidelity": {  # per model: random plans near its target, each fine-tuned `epochs` (resnet20: the issue's study)
+            "resnet20": {"target": 0.7, "window": 0.05, "plans": 30, "epochs": 1, "importance": "taylor"},
+            "vgg16": {"target": 0.73, "window": 0.05, "plans": 20, "epochs": 2, "importance": "l1"}},  # the arms' budget
         "results": "../results/quality-cifar10",  # relative to --out: benchmarks/results/quality-cifar10
     },
     "digits": {
@@ -31,7 +33,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "finetune_epochs": 1, "finetune_batch_size": 64, "population": 8, "generations": 2, "calib_samples": 256,
         "finalist_steps": 20,
         "models": {"resnet20": {"overrides": ["model.params.width=8"], "targets": [0.5], "seeds": [0]}},
-        "fidelity": {"model": "resnet20", "target": 0.5, "window": 0.1, "plans": 6, "epochs": 1},
+        "fidelity": {"resnet20": {"target": 0.5, "window": 0.1, "plans": 6, "epochs": 1, "importance": "taylor"}},
         "results": None,
     },
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Sequence
 
-from quality.fidelity import correlations
+from quality.fidelity import correlations, study_name
 from quality.finalists import render_short_vs_full, short_vs_full
 from quality.protocol import ARMS, LABELS
 
@@ -22,16 +22,20 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
             "keep_counts": [], "seconds": []})
         for key in cell:
             cell[key].append(row["seed"] if key == "seeds" else row[key])
-    fid = None
-    scores_path = args.out / "items" / "fidelity" / "scores.json"
-    ft_path = args.out / "items" / "fidelity" / "finetune" / "results.json"
-    if scores_path.is_file() and ft_path.is_file():
-        scored, rows = read_json(scores_path), read_json(ft_path)["results"]
-        fid = {"correlations": correlations(scored, rows), "plans_finetuned": len(rows), "plans": len(scored["plans"]),
-               "window": scored["window"], "test_acc_range": [min(r["test_acc"] for r in rows),
-                                                             max(r["test_acc"] for r in rows)] if rows else None,
-               "scoring_seconds": scored["seconds"]}
     spec = args.spec
+    studies = {}
+    for model, study in spec["fidelity"].items():
+        root = args.out / "items" / "fidelity" / study_name(model, study)
+        if (root / "scores.json").is_file() and (root / "finetune" / "results.json").is_file():
+            scored, rows = read_json(root / "scores.json"), read_json(root / "finetune" / "results.json")["results"]
+            if not rows:
+                continue
+            studies[study_name(model, study)] = {
+                "correlations": correlations(scored, rows), "plans_finetuned": len(rows), "plans": len(scored["plans"]),
+                "window": scored["window"], "finetune_epochs": study["epochs"], "importance": study["importance"],
+                "test_acc_range": [min(r["test_acc"] for r in rows), max(r["test_acc"] for r in rows)],
+                "scoring_seconds": scored["seconds"]}
+    first = next(iter(studies.values()), {})  # the protocol's first study (ResNet-20): issue #10's `fidelity`
     results = {
         "protocol": {"name": args.protocol, **{k: v for k, v in spec.items() if k != "results"},
                      "arms": {a: LABELS.get(a, a) for a in sorted({arm for cells in arms.values() for arm in cells})}, "threads": args.threads,
@@ -43,8 +47,8 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
                                                   "val_acc_before_finetune", "seeds", "keep_counts", "seconds")}
                        for arm, cell in sorted(cells.items(), key=arm_order)} for key, cells in sorted(arms.items())},
         "fidelity": {name: {"kendall_tau": c["kendall_tau"], "spearman": c["spearman"]}
-                     for name, c in (fid or {}).get("correlations", {}).items()},
-        "fidelity_details": fid,
+                     for name, c in first.get("correlations", {}).items()},
+        "fidelity_studies": studies,
     }
     results["goal"] = goal_check(results["arms"])
     results["finalists_short_vs_full"] = short_vs_full(items)
@@ -116,13 +120,15 @@ def render(results: dict[str, Any]) -> str:
                          f"{LABELS[g['best_simple']]} {100 * g['best_simple_mean']:.2f} ({len(g['best_simple_seeds'])}) | "
                          f"{100 * g['margin']:+.2f} | {seeds} |")
     lines += render_short_vs_full(results.get("finalists_short_vs_full", []), p.get("finalist_steps", "-"))
-    fid = results.get("fidelity_details")
-    if fid:
-        lines += ["", f"## Proxy fidelity: {fid['plans_finetuned']}/{fid['plans']} random plans fine-tuned, MACs "
-                      f"reduction in [{100 * fid['window'][0]:.0f}%, {100 * fid['window'][1]:.0f}%]", "",
+    for name, fid in results.get("fidelity_studies", {}).items():
+        low, high = fid["test_acc_range"]
+        lines += ["", f"## Proxy fidelity, {name}: {fid['plans_finetuned']}/{fid['plans']} random plans (channels by "
+                      f"{fid['importance']}), MACs reduction in [{100 * fid['window'][0]:.0f}%, "
+                      f"{100 * fid['window'][1]:.0f}%], each fine-tuned {fid['finetune_epochs']} epoch(s): "
+                      f"test {100 * low:.2f}-{100 * high:.2f}%", "",
                   "| proxy | Kendall tau | p | Spearman rho | p | n |", "|---|---|---|---|---|---|"]
-        for name, c in fid["correlations"].items():
-            lines.append(f"| {name} | {c['kendall_tau']:+.3f} | {c['kendall_p']:.3f} | {c['spearman']:+.3f} | "
+        for proxy, c in fid["correlations"].items():
+            lines.append(f"| {proxy} | {c['kendall_tau']:+.3f} | {c['kendall_p']:.3f} | {c['spearman']:+.3f} | "
                          f"{c['spearman_p']:.3f} | {c['n']} |")
     lines += ["", f"Command: `{p['command']}`"]
     return "\n".join(lines) + "\n"
