@@ -124,3 +124,40 @@ def test_goal_check_takes_the_best_simple_mean_and_per_seed_margins():
     assert key == "m@0.5" and check["best_simple"] == "random"
     assert check["margin"] == pytest.approx(0.79 - 0.795)
     assert check["per_seed_margin"] == {0: pytest.approx(0.005)}
+
+
+def test_report_has_one_fidelity_study_per_model_and_keeps_the_first_as_the_issue_schema(tmp_path):
+    import argparse
+
+    load_script()
+    from quality.report import report
+
+    spec = {"dataset": "cifar10", "train_limit": 100, "test_limit": None, "trainer": "cifar", "baseline_epochs": 1,
+            "finetune_epochs": 2, "finetune_batch_size": 8, "population": 4, "generations": 1, "calib_samples": 8,
+            "finalist_steps": 5, "models": {},
+            "fidelity": {"resnet20": {"target": 0.7, "window": 0.05, "plans": 4, "epochs": 1, "importance": "taylor"},
+                         "vgg16": {"target": 0.73, "window": 0.05, "plans": 4, "epochs": 2, "importance": "l1"},
+                         "lenet5": {"target": 0.5, "window": 0.1, "plans": 4, "epochs": 1, "importance": "l1"}}}
+    accs = {"resnet20@0.7": [0.6, 0.7, 0.5, 0.8], "vgg16@0.73": [0.7, 0.6, 0.8, 0.5]}
+    for name, acc in accs.items():
+        root = tmp_path / "items" / "fidelity" / name
+        (root / "finetune").mkdir(parents=True)
+        plans = [{"macs_reduction": 0.7 + 0.01 * i} for i in range(4)]
+        scores = {"window": [0.65, 0.75], "plans": plans, "seconds": {"calib": 1.0},
+                  "scores": {"calib": [0.1, 0.2, 0.3, 0.4]}}
+        (root / "scores.json").write_text(json.dumps(scores))
+        rows = [{"plan_id": i, "test_acc": a} for i, a in enumerate(acc[:3])]  # plan 3 not fine-tuned yet
+        (root / "finetune" / "results.json").write_text(json.dumps({"results": rows}))
+    (tmp_path / "items" / "fidelity" / "lenet5@0.5").mkdir()  # a study not started: left out
+    args = argparse.Namespace(out=tmp_path, spec=spec, protocol="cifar10", threads=1, results=tmp_path / "results")
+    results = report(args, {}, 0.0)
+    assert list(results["fidelity_studies"]) == ["resnet20@0.7", "vgg16@0.73"]
+    vgg = results["fidelity_studies"]["vgg16@0.73"]
+    assert (vgg["plans_finetuned"], vgg["plans"], vgg["finetune_epochs"]) == (3, 4, 2)
+    assert vgg["test_acc_range"] == [0.6, 0.8]
+    # calib rises with the plan index; the fine-tuned three agree on 1 of 3 pairs (ResNet-20), 2 of 3 (VGG-16)
+    assert results["fidelity"]["calib"]["kendall_tau"] == pytest.approx(-1 / 3)  # the first study's
+    assert vgg["correlations"]["calib"]["kendall_tau"] == pytest.approx(1 / 3)
+    text = (tmp_path / "results.md").read_text()
+    assert "## Proxy fidelity, resnet20@0.7: 3/4" in text and "## Proxy fidelity, vgg16@0.73: 3/4" in text
+    assert "each fine-tuned 2 epoch(s): test 60.00-80.00%" in text

@@ -14,8 +14,9 @@ start=$(date +%s)
 case "${1:-}" in
   a)  # ResNet-20 at 70 %: every arm, seeds 0-2 (seed by seed)
       bench --models resnet20 --targets 0.7 --seeds 0 1 2 --fidelity no ;;
-  b)  # VGG-16 (its baseline is trained here, resumable per epoch) seeds 0-2, proxy fidelity, ResNet-20 at 50 %
-      bench --models vgg16 --fidelity no
+  b)  # VGG-16 (its baseline is trained here, resumable per epoch) seeds 0-2 and its proxy-fidelity study,
+      # ResNet-20's proxy-fidelity study, ResNet-20 at 50 %
+      bench --models vgg16
       bench --models resnet20 --fidelity only
       bench --models resnet20 --targets 0.5 --seeds 0 1 2 --fidelity no ;;
   c)  # ablation: NSGA-II keeping its front at the target (the default until optimizer.target_objectives)
