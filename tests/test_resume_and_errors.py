@@ -15,7 +15,7 @@ import torch
 
 from helpers import REPO, baseline_of, run_cli
 
-SEARCH = ["optimizer.params.population=24", "optimizer.params.generations=30", "fitness.calib_samples=512",
+SEARCH = ["optimizer.params.population=24", "optimizer.params.generations=12", "fitness.calib_samples=512",
           "then_finetune=false", "logger.mode=disabled"]
 
 
@@ -47,7 +47,7 @@ def test_search_killed_mid_run_resumes_to_the_uninterrupted_result(trained, tmp_
     proc.wait()
     assert killed_at is not None and proc.returncode == -signal.SIGKILL, "search finished before it could be killed"
     cut = states[0].parent
-    assert json.loads((cut / "state.json").read_text())["generation"] < 30
+    assert json.loads((cut / "state.json").read_text())["generation"] < 12
     assert not (cut / "search_summary.json").exists()
 
     run_cli("search.py", ck, f"paths.output_root={tmp_path / 'cut'}", f"resume={cut}", *SEARCH)

@@ -277,12 +277,13 @@ def test_search_py_weight_mask_end_to_end_and_resume(trained, tmp_path):  # noqa
     out = [f"paths.checkpoints={trained / 'ck'}", f"paths.output_root={tmp_path}", "logger.mode=disabled"]
     small_args = ["searcher=layerwise_weight_mask", "searcher.params.layers=[conv2,fc1]", "searcher.params.population=8",
                   "searcher.params.generations=3"]
-    proc = run_cli("search.py", *out, *small_args)
+    proc = run_cli("search.py", *out, *small_args, "then_finetune=false")  # the resumed run below fine-tunes
     assert "layer-wise weight-mask search done: 2 layers" in proc.stdout
     run = sorted(p.parent for p in (tmp_path / "search").rglob(STATE))[0]
     for name in ("layers.json", "layers.csv", "layer_results.json", "weight_masks.json", "search_summary.json",
                  "layers.png", "masked_model.pt", STATE):
         assert (run / name).is_file(), name
+    assert not (run / "finetune").exists()
     summary = json.loads((run / "search_summary.json").read_text())
     rows = json.loads((run / "layers.json").read_text())
     assert [(r["layer"], r["generation"]) for r in rows] == [(n, g) for n in ("conv2", "fc1") for g in range(4)]
@@ -314,13 +315,15 @@ def test_search_py_weight_mask_end_to_end_and_resume(trained, tmp_path):  # noqa
     assert "layer conv2:" not in proc.stdout and "layer fc1:" in proc.stdout  # finished layers are skipped
     assert json.loads((run / "weight_masks.json").read_text()) == final_masks
     assert without_time(json.loads((run / "layers.json").read_text())) == without_time(rows)
+    (row,) = json.loads((run / "finetune" / "results.json").read_text())["results"]  # then_finetune: masks kept
+    assert row["pick"] == "weight_mask" and row["sparsity"] == pytest.approx(summary["sparsity"])
 
 
 def test_search_py_single_layer_with_retrain(trained, tmp_path):  # noqa: F811
     out = [f"paths.checkpoints={trained / 'ck'}", f"paths.output_root={tmp_path}", "logger.mode=disabled"]
     run_cli("search.py", *out, "searcher=layerwise_weight_mask", "searcher.params.layers=fc2", "searcher.params.population=6",
             "searcher.params.generations=2", "searcher.params.retrain_epochs=1", "searcher.params.retrain_steps=5",
-            "searcher.params.final_eval=false")
+            "searcher.params.final_eval=false", "then_finetune=false")
     run = sorted(p.parent for p in (tmp_path / "search").rglob(STATE))[0]
     summary = json.loads((run / "search_summary.json").read_text())
     assert summary["layers"] == ["fc2"] and summary["val_acc"] is None and summary["per_layer"][0]["retrain_seconds"] > 0

@@ -1,18 +1,28 @@
 """Plots people look at instead of reading CSVs: fitness per generation, Pareto front,
-per-layer keep ratios of the picks; per-layer sparsity / accuracy of a layer-wise search."""
+per-layer keep ratios of the picks; per-layer sparsity / accuracy of a layer-wise search.
+
+Invariant: matplotlib (Agg backend) is imported on the first plot, not with this module, so the
+entry points start (and print their one-line errors) without paying for it.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, path: Path) -> None:
+    plt = _pyplot()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -21,6 +31,7 @@ def _save(fig, path: Path) -> None:
 
 def plot_fitness(generations: Sequence[dict[str, Any]], path: Path) -> None:
     gens = [g["generation"] for g in generations]
+    plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     left.plot(gens, [g["best_score"] for g in generations], label="best score")
     left.plot(gens, [g["mean_score"] for g in generations], label="mean score", alpha=0.7)
@@ -35,6 +46,7 @@ def plot_fitness(generations: Sequence[dict[str, Any]], path: Path) -> None:
 
 def plot_pareto(records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
                 picks: dict[str, dict[str, Any]], path: Path) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     ax.scatter([100 * r["macs_reduction"] for r in records], [r["proxy"] for r in records], s=8, c="0.75",
                label=f"evaluated ({len(records)})")
@@ -49,6 +61,7 @@ def plot_pareto(records: Sequence[dict[str, Any]], front: Sequence[dict[str, Any
 
 def plot_keep_ratios(unit_names: Sequence[str], picks: dict[str, Sequence[float]], path: Path) -> None:
     width = 0.8 / max(1, len(picks))
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(unit_names) + 2), 3.8))
     for i, (name, ratios) in enumerate(picks.items()):
         ax.bar([j + i * width for j in range(len(unit_names))], ratios, width=width, label=name)
@@ -61,6 +74,7 @@ def plot_layerwise(layers: Sequence[dict[str, Any]], rows: Sequence[dict[str, An
                    path: Path) -> None:
     """Per-layer sparsity bars + calib accuracy after each layer (left); best fitness per generation (right)."""
     names = [r["layer"] for r in layers]
+    plt = _pyplot()
     fig, (ax, right) = plt.subplots(1, 2, figsize=(max(6.0, 0.5 * len(names) + 3) + 5, 4))
     xs = np.arange(len(names))
     ax.bar(xs, [r["sparsity"] for r in layers], color="tab:blue", alpha=0.8, label="layer sparsity")
@@ -89,6 +103,7 @@ def plot_grow_prune(rows: Sequence[dict[str, Any]], path: Path) -> None:
     `rows`: epoch 0 (the seed) then one row per epoch with widths, params, macs, val_acc, phase."""
     epochs = [r["epoch"] for r in rows]
     widths = np.array([r["widths"] for r in rows])
+    plt = _pyplot()
     fig, (left, mid, right) = plt.subplots(1, 3, figsize=(15, 4))
     for i in range(widths.shape[1]):
         left.plot(epochs, widths[:, i], label=f"conv{i}", lw=1.2)
