@@ -23,7 +23,7 @@ def study_name(model: str, study: dict[str, Any]) -> str:
     return f"{model}@{study['target']:g}"
 
 
-def fidelity(args, model: str) -> dict[str, Any] | None:
+def fidelity(args, model: str) -> dict[str, Any]:
     """`model`'s study: random plans near its target, every proxy, one equal fine-tune each (resumable per plan)."""
     from gaprune.utils.io import read_json
 
