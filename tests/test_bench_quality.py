@@ -144,14 +144,23 @@ def test_report_has_one_fidelity_study_per_model_and_keeps_the_first_as_the_issu
         (root / "finetune").mkdir(parents=True)
         plans = [{"macs_reduction": 0.7 + 0.01 * i} for i in range(4)]
         scores = {"window": [0.65, 0.75], "plans": plans, "seconds": {"calib": 1.0},
-                  "scores": {"calib": [0.1, 0.2, 0.3, 0.4]}}
+                  "scores": {"calib": [0.1, 0.2, 0.3, 0.4], "finalists": [0.5, 0.6, 0.7, 0.8]}}
         (root / "scores.json").write_text(json.dumps(scores))
         rows = [{"plan_id": i, "test_acc": a} for i, a in enumerate(acc[:3])]  # plan 3 not fine-tuned yet
         (root / "finetune" / "results.json").write_text(json.dumps({"results": rows}))
     (tmp_path / "items" / "fidelity" / "lenet5@0.5").mkdir()  # a study not started: left out
+    finalists = [{"id": 9, "proxy": 0.36, "finetune_acc": 0.68, "keep_counts": [3, 4], "winner": True},
+                 {"id": 0, "proxy": 0.27, "finetune_acc": 0.65, "keep_counts": [2, 2], "winner": False}]
+    cell = tmp_path / "items" / "vgg16@0.73"  # VGG-16's arms share its study's budget: their points join its plot
+    cell.mkdir()
+    for arm, acc, extra in (("default", 0.71, {"finalists": finalists}), ("uniform_l1", 0.70, {})):
+        item = {**_item(arm, 0, acc, [3, 4] if arm == "default" else [2, 2]), **extra, "macs_reduction": 0.73,
+                "params_reduction": 0.7, "val_acc_before_finetune": 0.1, "seconds": 1.0}
+        (cell / f"{arm}-s0.json").write_text(json.dumps(item))
     args = argparse.Namespace(out=tmp_path, spec=spec, protocol="cifar10", threads=1, results=tmp_path / "results")
     results = report(args, {}, 0.0)
     assert list(results["fidelity_studies"]) == ["resnet20@0.7", "vgg16@0.73"]
+    assert results["finalists_short_vs_full"][0]["uniform"]["test_acc"] == 0.70
     vgg = results["fidelity_studies"]["vgg16@0.73"]
     assert (vgg["plans_finetuned"], vgg["plans"], vgg["finetune_epochs"]) == (3, 4, 2)
     assert vgg["test_acc_range"] == [0.6, 0.8]
@@ -161,3 +170,6 @@ def test_report_has_one_fidelity_study_per_model_and_keeps_the_first_as_the_issu
     text = (tmp_path / "results.md").read_text()
     assert "## Proxy fidelity, resnet20@0.7: 3/4" in text and "## Proxy fidelity, vgg16@0.73: 3/4" in text
     assert "each fine-tuned 2 epoch(s): test 60.00-80.00%" in text
+    for name in accs:  # a scatter per study, shown in the Markdown
+        assert (tmp_path / f"results-fidelity-{name}.png").stat().st_size > 0
+        assert f"![{name}](results-fidelity-{name}.png)" in text

@@ -120,3 +120,21 @@ def plot_grow_prune(rows: Sequence[dict[str, Any]], path: Path) -> None:
             if r.get("phase") == "score" and r.get("pruned_channels") is not None:
                 ax.axvline(r["epoch"], color="k", ls="--", alpha=0.4)
     _save(fig, path)
+
+
+def plot_proxy_fidelity(panels: dict[str, tuple[Sequence[float], Sequence[float]]], ylabel: str, title: str,
+                        path: Path, marked: dict[str, dict[str, tuple[Sequence[float], Sequence[float]]]] | None = None
+                        ) -> None:
+    """One scatter per proxy: its score (x) against the outcome it should predict (y), one point
+    per plan; `marked[panel]` adds labelled groups of other plans to that panel."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+    for ax, (name, (x, y)) in zip(axes[0], panels.items()):
+        ax.scatter(x, y, s=18, c="0.45", label="random plans")
+        for (label, (mx, my)), marker in zip((marked or {}).get(name, {}).items(), "*Ds^v"):
+            ax.scatter(mx, my, marker=marker, s=70, zorder=5, label=label)
+        ax.set_xlabel(name), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
+        if (marked or {}).get(name):
+            ax.legend(fontsize=7)
+    fig.suptitle(title)
+    _save(fig, path)

@@ -23,18 +23,24 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
         for key in cell:
             cell[key].append(row["seed"] if key == "seeds" else row[key])
     spec = args.spec
+    finalists = short_vs_full(items)
     studies = {}
     for model, study in spec["fidelity"].items():
-        root = args.out / "items" / "fidelity" / study_name(model, study)
-        if (root / "scores.json").is_file() and (root / "finetune" / "results.json").is_file():
-            scored, rows = read_json(root / "scores.json"), read_json(root / "finetune" / "results.json")["results"]
-            if not rows:
-                continue
-            studies[study_name(model, study)] = {
-                "correlations": correlations(scored, rows), "plans_finetuned": len(rows), "plans": len(scored["plans"]),
-                "window": scored["window"], "finetune_epochs": study["epochs"], "importance": study["importance"],
-                "test_acc_range": [min(r["test_acc"] for r in rows), max(r["test_acc"] for r in rows)],
-                "scoring_seconds": scored["seconds"]}
+        name = study_name(model, study)
+        root = args.out / "items" / "fidelity" / name
+        if not ((root / "scores.json").is_file() and (root / "finetune" / "results.json").is_file()):
+            continue
+        scored, rows = read_json(root / "scores.json"), read_json(root / "finetune" / "results.json")["results"]
+        if not rows:
+            continue
+        studies[name] = {
+            "correlations": correlations(scored, rows), "plans_finetuned": len(rows), "plans": len(scored["plans"]),
+            "window": scored["window"], "finetune_epochs": study["epochs"], "importance": study["importance"],
+            "test_acc_range": [min(r["test_acc"] for r in rows), max(r["test_acc"] for r in rows)],
+            "scoring_seconds": scored["seconds"]}
+        same_budget = study["epochs"] == spec["finetune_epochs"]  # only then do the arms' points belong
+        plot_study(scored, rows, studies[name], name, finalists if same_budget else [],
+                   args.results.with_name(f"{args.results.name}-fidelity-{name}.png"))
     first = next(iter(studies.values()), {})  # the protocol's first study (ResNet-20): issue #10's `fidelity`
     results = {
         "protocol": {"name": args.protocol, **{k: v for k, v in spec.items() if k != "results"},
@@ -51,12 +57,40 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
         "fidelity_studies": studies,
     }
     results["goal"] = goal_check(results["arms"])
-    results["finalists_short_vs_full"] = short_vs_full(items)
+    results["finalists_short_vs_full"] = finalists
     write_json(args.results.with_suffix(".json"), results)
     text = render(results)
     atomic_write_text(args.results.with_suffix(".md"), text)
     print(text)
     return results
+
+
+# the default proxy and the finalists' short fine-tune -> the finalists table's field with the same score
+PLOTTED = {"calib_adaptive_bn": "proxy", "finalists": "short_acc"}
+
+
+def plot_study(scored: dict[str, Any], rows: Sequence[dict[str, Any]], study: dict[str, Any], name: str,
+               finalists: Sequence[dict[str, Any]], path) -> None:
+    """The default proxy and the finalists' score of each fine-tuned plan against its test accuracy,
+    with the default arm's picks and one-shot seeds of the same cell from `finalists` (their scores
+    in the search against their arm's fine-tune; give them only when that has the study's budget)."""
+    from gaprune.utils.plots import plot_proxy_fidelity
+
+    done = {r["plan_id"]: r["test_acc"] for r in rows}
+    panels, marked = {}, {}
+    for proxy in (p for p in PLOTTED if p in scored["scores"]):
+        tau = study["correlations"].get(proxy, {}).get("kendall_tau", float("nan"))
+        panel = f"{proxy} (tau {tau:+.2f})"
+        panels[panel] = ([scored["scores"][proxy][i] for i in sorted(done)], [100 * done[i] for i in sorted(done)])
+        for role, label in (("winner", "default's pick"), ("uniform", "uniform L1 seed"), ("global", "global L1 seed")):
+            points = [row[role] for row in finalists if row["cell"] == name and role in row]
+            if points:
+                marked.setdefault(panel, {})[f"{label} ({len(points)} arm seeds)"] = (
+                    [p[PLOTTED[proxy]] for p in points], [100 * p["test_acc"] for p in points])
+    if panels:
+        plot_proxy_fidelity(panels, f"test acc % after {study['finetune_epochs']} epoch(s)",
+                            f"proxy fidelity {name}: {len(done)} random plans", path, marked)
+        study["plot"] = path.name
 
 
 def arm_order(item: tuple[str, Any]) -> tuple[int, str]:
@@ -126,6 +160,7 @@ def render(results: dict[str, Any]) -> str:
                       f"{fid['importance']}), MACs reduction in [{100 * fid['window'][0]:.0f}%, "
                       f"{100 * fid['window'][1]:.0f}%], each fine-tuned {fid['finetune_epochs']} epoch(s): "
                       f"test {100 * low:.2f}-{100 * high:.2f}%", "",
+                  *([f"![{name}]({fid['plot']})", ""] if fid.get("plot") else []),
                   "| proxy | Kendall tau | p | Spearman rho | p | n |", "|---|---|---|---|---|---|"]
         for proxy, c in fid["correlations"].items():
             lines.append(f"| {proxy} | {c['kendall_tau']:+.3f} | {c['kendall_p']:.3f} | {c['spearman']:+.3f} | "
