@@ -56,7 +56,7 @@ $(DATA)/cifar-100-python/test:
 	$(PY) $(SHARED)/prepare.py cifar100 --root $(DATA) --archive $(SHARED)/cifar100-images.zip
 
 # --- quality benchmark (issue #10): every arm / seed / fidelity plan resumable; finished items are
-# committed, so this runs only what is missing (the whole protocol is ~10 h on a 2-core CPU)
+# committed, so this runs only what is missing (the whole protocol is ~12 h on a 2-core CPU)
 table-quality-cifar10: install $(DATA)/cifar-10-batches-py/test_batch
 	benchmarks/quality-cifar10/run.sh a >> benchmarks/quality-cifar10/logs/lane-a.log 2>&1 & \
 	benchmarks/quality-cifar10/run.sh b >> benchmarks/quality-cifar10/logs/lane-b.log 2>&1; wait

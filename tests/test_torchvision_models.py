@@ -85,8 +85,11 @@ def check(name: str, plans: int = 1) -> str:
             pruned = prune_model(model, units, plan, x0)
             assert cost.cost(plan) == count_macs_params(pruned, x0)
             expected = pruned(x)
+            # float32 sums in another order (other widths, batch sizes, kernels) err relative to the
+            # output's scale (random-init inception_v3's logits reach 2e4: 0.012 off at one logit of 121)
+            tol = {"rtol": 1e-4, "atol": max(1e-4, 1e-5 * expected.abs().max().item())}
             state = sliced_state(model, units, plan)
-            torch.testing.assert_close(sliced_forward(model, state, x), expected, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(sliced_forward(model, state, x), expected, **tol)
             if masks_exact(model, units):
                 masker = ChannelMasker(model, units)
                 try:
@@ -94,7 +97,7 @@ def check(name: str, plans: int = 1) -> str:
                     got = model(x.repeat(2, 1, 1, 1)).reshape(2, 2, -1)
                 finally:
                     masker.remove()
-                torch.testing.assert_close(got[1], expected, rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(got[1], expected, **tol)
             buffer = io.BytesIO()  # a pruned checkpoint: state_dict + plan, rebuilt from the baseline
             torch.save({"state_dict": pruned.state_dict(), "plan": plan.to_json()}, buffer)
             buffer.seek(0)
