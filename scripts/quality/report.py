@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from quality.fidelity import correlations, study_name
@@ -23,7 +24,7 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
         for key in cell:
             cell[key].append(row["seed"] if key == "seeds" else row[key])
     spec = args.spec
-    finalists = short_vs_full(items)
+    finalists_table = short_vs_full(items)
     studies = {}
     for model, study in spec["fidelity"].items():
         name = study_name(model, study)
@@ -39,7 +40,7 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
             "test_acc_range": [min(r["test_acc"] for r in rows), max(r["test_acc"] for r in rows)],
             "scoring_seconds": scored["seconds"]}
         same_budget = study["epochs"] == spec["finetune_epochs"]  # only then do the arms' points belong
-        plot_study(scored, rows, studies[name], name, finalists if same_budget else [],
+        plot_study(scored, rows, studies[name], name, finalists_table if same_budget else [],
                    args.results.with_name(f"{args.results.name}-fidelity-{name}.png"))
     first = next(iter(studies.values()), {})  # the protocol's first study (ResNet-20): issue #10's `fidelity`
     results = {
@@ -57,7 +58,7 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
         "fidelity_studies": studies,
     }
     results["goal"] = goal_check(results["arms"])
-    results["finalists_short_vs_full"] = finalists
+    results["finalists_short_vs_full"] = finalists_table
     write_json(args.results.with_suffix(".json"), results)
     text = render(results)
     atomic_write_text(args.results.with_suffix(".md"), text)
@@ -70,9 +71,9 @@ PLOTTED = {"calib_adaptive_bn": "proxy", "finalists": "short_acc"}
 
 
 def plot_study(scored: dict[str, Any], rows: Sequence[dict[str, Any]], study: dict[str, Any], name: str,
-               finalists: Sequence[dict[str, Any]], path) -> None:
+               finalists_table: Sequence[dict[str, Any]], path: Path) -> None:
     """The default proxy and the finalists' score of each fine-tuned plan against its test accuracy,
-    with the default arm's picks and one-shot seeds of the same cell from `finalists` (their scores
+    with the default arm's picks and one-shot seeds of the same cell from `finalists_table` (their scores
     in the search against their arm's fine-tune; give them only when that has the study's budget)."""
     from gaprune.utils.plots import plot_proxy_fidelity
 
@@ -83,7 +84,7 @@ def plot_study(scored: dict[str, Any], rows: Sequence[dict[str, Any]], study: di
         panel = f"{proxy} (tau {tau:+.2f})"
         panels[panel] = ([scored["scores"][proxy][i] for i in sorted(done)], [100 * done[i] for i in sorted(done)])
         for role, label in (("winner", "default's pick"), ("uniform", "uniform L1 seed"), ("global", "global L1 seed")):
-            points = [row[role] for row in finalists if row["cell"] == name and role in row]
+            points = [row[role] for row in finalists_table if row["cell"] == name and role in row]
             if points:
                 marked.setdefault(panel, {})[f"{label} ({len(points)} arm seeds)"] = (
                     [p[PLOTTED[proxy]] for p in points], [100 * p["test_acc"] for p in points])
