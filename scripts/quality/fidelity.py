@@ -23,20 +23,25 @@ def study_name(model: str, study: dict[str, Any]) -> str:
     return f"{model}@{study['target']:g}"
 
 
+def study_files(out: Path, name: str) -> tuple[Path, Path]:
+    """A study's scores file and its fine-tunes' directory (whose results.json the report reads)."""
+    root = out / "items" / "fidelity" / name
+    return root / "scores.json", root / "finetune"
+
+
 def fidelity(args, model: str) -> dict[str, Any]:
     """`model`'s study: random plans near its target, every proxy, one equal fine-tune each (resumable per plan)."""
     from gaprune.utils.io import read_json
 
     study = args.spec["fidelity"][model]
     name = study_name(model, study)
-    root = args.out / "items" / "fidelity" / name
-    scores_path = root / "scores.json"
+    scores_path, finetune_dir = study_files(args.out, name)
     base = common(args, model, 0) + [f"finetune.epochs={study['epochs']}", f"importance={study['importance']}",
                                      f"finalists.steps={args.spec['finalist_steps']}"]
     scored = read_json(scores_path) if scores_path.is_file() else None
     if scored is None or any(proxy not in scored["scores"] for proxy in FITNESSES):
         scored = score_fidelity_plans(args, base, study, scored, scores_path, args.out / "runs" / "fidelity" / name)
-    rows = finetune_fidelity_plans(args, base, scored, root / "finetune", name)
+    rows = finetune_fidelity_plans(args, base, scored, finetune_dir, name)
     return {"scored": scored, "rows": rows}
 
 

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from quality.fidelity import correlations, study_name
+from quality.fidelity import correlations, study_files, study_name
 from quality.finalists import render_short_vs_full, short_vs_full
 from quality.protocol import ARMS, LABELS
 
@@ -28,10 +28,10 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
     studies = {}
     for model, study in spec["fidelity"].items():
         name = study_name(model, study)
-        root = args.out / "items" / "fidelity" / name
-        if not ((root / "scores.json").is_file() and (root / "finetune" / "results.json").is_file()):
+        scores_path, finetune_dir = study_files(args.out, name)
+        if not (scores_path.is_file() and (finetune_dir / "results.json").is_file()):
             continue
-        scored, rows = read_json(root / "scores.json"), read_json(root / "finetune" / "results.json")["results"]
+        scored, rows = read_json(scores_path), read_json(finetune_dir / "results.json")["results"]
         if not rows:
             continue
         studies[name] = {
