@@ -362,7 +362,7 @@ class FinetuneAccuracy(Fitness):
         model.train(was_training)
         last = history[-1]
         return {"proxy": last["val_acc"], "finetune_acc": last["val_acc"], "finetune_loss": last["val_loss"],
-                "calib_acc_before": before["acc"]}
+                "finetune_train_loss": last["train_loss"], "calib_acc_before": before["acc"]}
 
 
 def build_fitness(name: str, context: FitnessContext, **params: Any) -> Fitness:

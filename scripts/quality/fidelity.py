@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quality.protocol import FITNESSES, common, compose
+from quality.protocol import FINALIST_PROXIES, FITNESSES, common, compose
 
 
 def study_name(model: str, study: dict[str, Any]) -> str:
@@ -94,9 +94,10 @@ def score_fidelity_plans(args, base: list[str], study: dict[str, Any], scored: d
     for name, overrides in FITNESSES.items():
         if name in scored["scores"]:
             continue
-        partial = scored.setdefault("partial", {}).setdefault(name, {"proxy": [], "neg_loss": [], "seconds": 0.0})
-        if overrides is None:
-            fitness = finalist_fitness(run.cfg, run, importance)
+        partial = scored.setdefault("partial", {}).setdefault(
+            name, {"proxy": [], "neg_loss": [], "neg_train_loss": [], "seconds": 0.0})
+        if name in FINALIST_PROXIES:  # the finalists' short fine-tune (its steps from the overrides)
+            fitness = finalist_fitness(job_cfg(overrides or []), run, importance)
         else:  # a proxy with its own importance (taylor_proxy) scores the study's plans with it
             cfg = job_cfg(overrides)
             own = importance if cfg.importance.name == run.cfg.importance.name else run_importance(run, cfg.importance)
@@ -107,6 +108,8 @@ def score_fidelity_plans(args, base: list[str], study: dict[str, Any], scored: d
             partial["proxy"].append(float(result["proxy"]))
             loss = result.get("calib_loss", result.get("finetune_loss"))
             partial["neg_loss"].append(None if loss is None else -float(loss))
+            train_loss = result.get("finetune_train_loss")  # the sum of training losses (a fixed step count)
+            partial.setdefault("neg_train_loss", []).append(None if train_loss is None else -float(train_loss))
             partial["seconds"] += time.perf_counter() - t0
             write_json(path, scored)
         if hasattr(fitness, "close"):
@@ -115,8 +118,9 @@ def score_fidelity_plans(args, base: list[str], study: dict[str, Any], scored: d
         if not scored["partial"]:
             del scored["partial"]
         scored["scores"][name] = done["proxy"]
-        if None not in done["neg_loss"]:
-            scored["scores"][f"{name}_neg_loss"] = done["neg_loss"]
+        for key in ("neg_loss", "neg_train_loss"):
+            if done.get(key) and None not in done[key]:
+                scored["scores"][f"{name}_{key}"] = done[key]
         scored["seconds"][name] = done["seconds"]
         write_json(path, scored)
         print(f"[bench] fidelity {path.parent.name}: {name} scored {len(decoded)} plans in {done['seconds']:.1f}s",

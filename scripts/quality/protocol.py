@@ -75,8 +75,20 @@ FITNESSES: dict[str, list[str] | None] = {  # proxy -> overrides; calib proxies 
     "calib_adaptive_bn_all_val": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.calib_samples=null"],
     "calib_adaptive_bn_bn32": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.params.bn_batches=32"],
     "distortion": ["fitness=distortion"],
+    # fidelity levels of the default proxy (issue #21: does the ranking hold on fewer images / BN batches?)
+    "calib_adaptive_bn_s256": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.calib_samples=256"],
+    "calib_adaptive_bn_s128": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.calib_samples=128"],
+    "calib_adaptive_bn_bn4": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.params.bn_batches=4"],
+    "calib_adaptive_bn_bn2": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.params.bn_batches=2"],
+    "calib_adaptive_bn_s256_bn4": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.calib_samples=256",
+                                   "fitness.params.bn_batches=4"],
+    "calib_adaptive_bn_s128_bn2": ["fitness=calib", "fitness.params.adaptive_bn=true", "fitness.calib_samples=128",
+                                   "fitness.params.bn_batches=2"],
     "finalists": None,  # the finalists' short KD fine-tune (gaprune.pipeline.search.finalist_fitness)
+    "finalists_s25": ["finalists.steps=25"],  # the same, fewer steps (and the sum of its training losses)
+    "finalists_s50": ["finalists.steps=50"],
 }
+FINALIST_PROXIES = ("finalists", "finalists_s25", "finalists_s50")  # scored by the finalists' fine-tune
 
 
 def compose(config_name: str, overrides: Sequence[str]):
