@@ -64,8 +64,10 @@ for path in (REPO, REPO / "scripts"):  # gaprune, and this script's parts (scrip
 
 from quality.fidelity import fidelity  # noqa: E402
 from quality.finalists import attach_finalists, finalist_rows  # noqa: E402
-from quality.protocol import (ARMS, ONESHOT_ARMS, PROTOCOLS, SEARCH_ARMS, baseline_path, common,  # noqa: E402
-                              compose, hydra_job, search_budget)
+from quality.compute import item_compute, matched_steps  # noqa: E402
+from quality.protocol import (ARMS, LONGER_FINETUNE_ARMS, MATCHED_ARMS, MATCHED_TO, ONESHOT_ARMS,  # noqa: E402
+                              PROTOCOLS, SEARCH_ARMS, baseline_path, cell_name, common, compose, hydra_job,
+                              search_budget)
 from quality.report import report  # noqa: E402
 
 
@@ -77,7 +79,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", help="subset of the protocol's models")
     parser.add_argument("--targets", type=float, nargs="+", help="subset of the targets")
     parser.add_argument("--seeds", type=int, nargs="+", help="subset of the seeds")
-    parser.add_argument("--arms", nargs="+", choices=sorted(set(SEARCH_ARMS) | set(ONESHOT_ARMS)), default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=sorted(set(SEARCH_ARMS) | set(ONESHOT_ARMS) | set(MATCHED_ARMS)),
+                        help="default: the protocol's arms (a -ft<epochs> cell: " + ", ".join(LONGER_FINETUNE_ARMS) + ")")
+    parser.add_argument("--finetune-epochs", type=int, nargs="+", metavar="EPOCHS",
+                        help="run the protocol's longer-fine-tune cells with these epochs (<model>@<target>-ft<epochs>) "
+                             "instead of its regular cells")
     parser.add_argument("--fidelity", choices=("yes", "no", "only"), default="yes")
     parser.add_argument("--report", action="store_true", help="only assemble the tables from finished items")
     parser.add_argument("--results", type=Path, help="results stem (default: the protocol's, next to --out, "
@@ -109,7 +115,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = set(args.models or []) - set(args.spec["models"])
     if unknown:
         parser.error(f"--models {sorted(unknown)} not in protocol {args.protocol}: {sorted(args.spec['models'])}")
+    check_subset(parser, args)
     return args
+
+
+def check_subset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--targets / --seeds / --finetune-epochs must name values of the protocol's (chosen) models."""
+    spec, models = args.spec, args.models or list(args.spec["models"])
+    longer = spec.get("longer_finetunes", {})
+    if args.finetune_epochs:
+        offered = sorted({e for m in models for e in longer.get(m, {}).get("epochs", [])})
+        bad = sorted(set(args.finetune_epochs) - set(offered))
+        if bad:
+            parser.error(f"--finetune-epochs {bad} not in protocol {args.protocol} for {', '.join(models)}: "
+                         f"{offered or 'none'}")
+    targets = sorted({t for m in models for t in (longer.get(m, {}).get("targets", []) if args.finetune_epochs
+                                                  else spec["models"][m]["targets"])})
+    seeds = sorted({s for m in models for s in spec["models"][m]["seeds"]})
+    for flag, given, offered in (("--targets", args.targets, targets), ("--seeds", args.seeds, seeds)):
+        bad = sorted(set(given or []) - set(offered))
+        if bad:
+            parser.error(f"{flag} {bad} not in protocol {args.protocol} for {', '.join(models)}: {offered}")
+    if args.arms is None:
+        args.arms = list(LONGER_FINETUNE_ARMS if args.finetune_epochs else ARMS)
 
 
 # --- items -----------------------------------------------------------------------------------
@@ -131,24 +159,49 @@ def ensure_baseline(args, model: str) -> dict[str, Any]:
             ensure(job, args.out / "runs" / model / "train")
             print(f"[bench] {model}: baseline trained in {time.perf_counter() - started:.0f}s", flush=True)
     meta = read_checkpoint(path)["meta"]
-    return {k: meta[k] for k in ("val_acc", "test_acc", "macs", "params")}
+    return {k: meta[k] for k in ("val_acc", "test_acc", "macs", "params")} | {"sizes": data_sizes(args, model)}
 
 
-def run_arm(args, model: str, target: float, seed: int, arm: str) -> dict[str, Any]:
-    """One arm / seed / target: search (+ pick) or one-shot plan, then the shared KD fine-tune."""
+def data_sizes(args, model: str) -> dict[str, int]:
+    """Train / val images of the protocol's split for `model` (what a fine-tune epoch and its
+    validation pass run over)."""
+    from omegaconf import open_dict
+
+    from gaprune.pipeline.setup import load_bundle
+
+    cfg = compose("search", common(args, model, 0))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    bundle = load_bundle(cfg)
+    return {"train": len(bundle.train), "val": len(bundle.val)}
+
+
+def run_arm(args, model: str, target: float, seed: int, arm: str, epochs: int | None = None) -> dict[str, Any] | None:
+    """One arm / seed / target (/ longer fine-tune `epochs`): search (+ pick) or one-shot plan,
+    then the shared KD fine-tune. A matched arm whose reference item is not finished yet is
+    skipped (None)."""
     from gaprune.utils.io import read_json
 
-    item = args.out / "items" / f"{model}@{target:g}" / f"{arm}-s{seed}.json"
+    cell = cell_name(model, target, epochs)
+    item = args.out / "items" / cell / f"{arm}-s{seed}.json"
     if item.is_file():
         return read_json(item)
-    directory = args.out / "runs" / f"{model}@{target:g}" / f"{arm}-s{seed}"
+    directory = args.out / "runs" / cell / f"{arm}-s{seed}"
+    base = common(args, model, seed, epochs) + [f"objective.target_macs_reduction={target}"]
+    if arm in MATCHED_ARMS:
+        extra = matched_finetune(args, cell, seed, arm)
+        if extra is None:
+            print(f"[bench] {cell} {arm} s{seed}: skipped until {MATCHED_TO}-s{seed} is finished", flush=True)
+            return None
+        base += extra
     started = time.perf_counter()
-    base = common(args, model, seed) + [f"objective.target_macs_reduction={target}"]
     if arm in SEARCH_ARMS:
         from gaprune.pipeline.search import run_search
 
+        if epochs and not directory.exists():
+            reuse_search(args.out / "runs" / cell_name(model, target) / f"{arm}-s{seed}", directory)
         resume = ["resume=" + str(directory.resolve())] if (directory / "state.json").is_file() else []
-        cfg = compose("search", base + SEARCH_ARMS[arm] + search_budget(args, SEARCH_ARMS[arm]) +
+        cfg = compose("search", base + search_budget(args, SEARCH_ARMS[arm]) + SEARCH_ARMS[arm] +
                       ["encoding=ratio_strategy", "pick=target_macs", "then_finetune=true"] + resume)
         with hydra_job(cfg, directory) as job:
             summary = run_search(job)
@@ -162,16 +215,49 @@ def run_arm(args, model: str, target: float, seed: int, arm: str) -> dict[str, A
         from gaprune.pruning.plan import plan_from_json
 
         resume = ["resume=" + str(directory.resolve())] if (directory / "plan.json").is_file() else []
-        cfg = compose("oneshot", base + ONESHOT_ARMS[arm] + [f"target_macs_reduction={target}"] + resume)
+        cfg = compose("oneshot", base + ONESHOT_ARMS[MATCHED_ARMS.get(arm, arm)] + [f"target_macs_reduction={target}"]
+                      + resume)
         with hydra_job(cfg, directory) as job:
             result = run_oneshot(job)
         row = dict(result["rows"][0])
         row["keep_counts"] = plan_from_json(read_json(directory / "plan.json")).keep_counts()
-    row.update(arm=arm, seed=seed, target=target, model=model, seconds=time.perf_counter() - started)
+    row.update(arm=arm, seed=seed, target=target, model=model, cell=cell, compute_source="counted",
+               seconds=time.perf_counter() - started)
     write_item(item, row)
-    print(f"[bench] {model}@{target:g} {arm:>13} s{seed}: test {100 * row['test_acc']:.2f}%  MACs -"
-          f"{100 * row['macs_reduction']:.1f}%  ({row['seconds']:.0f}s)", flush=True)
+    print(f"[bench] {cell} {arm:>13} s{seed}: test {100 * row['test_acc']:.2f}%  MACs -"
+          f"{100 * row['macs_reduction']:.1f}%  compute {row['compute_macs'] / 1e12:.3f} TMACs  "
+          f"({row['seconds']:.0f}s)", flush=True)
     return row
+
+
+def matched_finetune(args, cell: str, seed: int, arm: str) -> list[str] | None:
+    """finetune.epochs / finetune.steps that bring `arm`'s one-shot plan to MATCHED_TO's compute of
+    the same cell and seed (None until that item and the one-shot arm's own item exist)."""
+    from gaprune.engine.checkpoint import read_checkpoint
+    from gaprune.utils.io import read_json
+
+    reference = args.out / "items" / cell / f"{MATCHED_TO}-s{seed}.json"
+    oneshot = args.out / "items" / cell / f"{MATCHED_ARMS[arm]}-s{seed}.json"
+    if not (reference.is_file() and oneshot.is_file()):
+        return None
+    ref, own = read_json(reference), read_json(oneshot)
+    base_macs = read_checkpoint(baseline_path(args, ref["model"]))["meta"]["macs"]
+    sizes = data_sizes(args, ref["model"])
+    budget = item_compute(ref, args.spec, sizes, base_macs)["compute_macs"]
+    before = item_compute(own, args.spec, sizes, base_macs)["compute_macs_by_phase"]["importance"]
+    epochs, steps = matched_steps(args.spec, sizes, budget, before, own["macs"], base_macs)
+    return [f"finetune.epochs={epochs}", f"finetune.steps={steps}"]
+
+
+def reuse_search(source: Path, directory: Path) -> None:
+    """A longer-fine-tune cell's search is its regular cell's (same config but the fine-tune's
+    epochs): copy that finished run dir, less its fine-tune, and resume it (its compute is
+    still counted in full)."""
+    import shutil
+
+    if (source / "search_summary.json").is_file():
+        shutil.copytree(source, directory, ignore=shutil.ignore_patterns("finetune"))
+        print(f"[bench] {directory.parent.name} {directory.name}: search reused from {source}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -187,6 +273,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(threads)  # in-process callers (tests) keep their own setting
 
 
+def cells(args, models: Sequence[str]) -> list[tuple[str, float, int, int | None]]:
+    """(model, target, seed, longer fine-tune epochs or None) to run, seed by seed within a cell."""
+    spec, out = args.spec, []
+    for model in models:
+        entry, longer = spec["models"][model], spec.get("longer_finetunes", {}).get(model, {})
+        targets = longer.get("targets", []) if args.finetune_epochs else entry["targets"]
+        for epochs in (args.finetune_epochs or [None]):
+            if epochs is not None and epochs not in longer.get("epochs", []):
+                continue
+            for target in [t for t in targets if args.targets is None or t in args.targets]:
+                for seed in [s for s in entry["seeds"] if args.seeds is None or s in args.seeds]:
+                    out.append((model, target, seed, epochs))
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from gaprune.utils.errors import GapruneError
 
@@ -200,12 +301,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue  # reporting never trains
             baselines[model] = ensure_baseline(args, model)
         if not args.report and args.fidelity != "only":
-            for model in models:
-                entry = spec["models"][model]
-                for target in [t for t in entry["targets"] if args.targets is None or t in args.targets]:
-                    for seed in [s for s in entry["seeds"] if args.seeds is None or s in args.seeds]:
-                        for arm in args.arms:
-                            run_arm(args, model, target, seed, arm)
+            for model, target, seed, epochs in cells(args, models):
+                for arm in args.arms:
+                    run_arm(args, model, target, seed, arm, epochs)
         if not args.report and args.fidelity != "no":
             for model in [m for m in models if m in spec["fidelity"]]:
                 fidelity(args, model)

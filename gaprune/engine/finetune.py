@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from gaprune.deploy.latency import LatencySettings, latency_fields, speedup_fields
+from gaprune.engine.compute import Compute, format_macs, forward_macs, training_macs
 from gaprune.engine.checkpoint import save_checkpoint
 from gaprune.engine.training import TrainConfig, evaluate, train, train_with_state
 from gaprune.pruning.cost import SparseCostModel
@@ -51,16 +52,17 @@ def markdown_table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
                        f"speedup b{baseline['throughput_batch']} |")
         extra_rule += "---|---|---|---|"
         extra_base += _latency_cells(baseline, True)
-    lines = ["| plan | pick | search proxy | val acc | test acc | Δ test acc | MACs | MACs red. | params | params red. |"
-             + extra_head,
-             "|---|---|---|---|---|---|---|---|---|---|" + extra_rule,
+    lines = ["| plan | pick | search proxy | val acc | test acc | Δ test acc | MACs | MACs red. | params | params red. "
+             "| compute |" + extra_head,
+             "|---|---|---|---|---|---|---|---|---|---|---|" + extra_rule,
              f"| baseline | - | - | {100 * baseline['val_acc']:.2f} | {100 * baseline['test_acc']:.2f} | - | "
-             f"{baseline['macs'] / 1e6:.2f}M | - | {baseline['params'] / 1e6:.3f}M | - |" + extra_base]
+             f"{baseline['macs'] / 1e6:.2f}M | - | {baseline['params'] / 1e6:.3f}M | - | - |" + extra_base]
     for r in rows:
         proxy = "-" if r.get("search_proxy") is None else f"{r['search_proxy']:.4f}"
         lines.append(f"| {r['plan_id']} | {r['pick']} | {proxy} | {100 * r['val_acc']:.2f} | "
                      f"{100 * r['test_acc']:.2f} | {100 * r['test_acc_delta']:+.2f} | {r['macs'] / 1e6:.2f}M | "
-                     f"{100 * r['macs_reduction']:.1f}% | {r['params'] / 1e6:.3f}M | {100 * r['params_reduction']:.1f}% |"
+                     f"{100 * r['macs_reduction']:.1f}% | {r['params'] / 1e6:.3f}M | {100 * r['params_reduction']:.1f}% | "
+                     f"{format_macs(r.get('compute_macs'))} |"
                      + (f" {_pct(r.get('sparsity'))} |" if sparse else "")
                      + (_latency_cells(r, False) if baseline.get("latency_ms") is not None else ""))
     return "\n".join(lines) + "\n"
@@ -121,8 +123,14 @@ class FinetuneJob:
 
     def run(self, plan: Plan | SparsePlan, plan_id: Any, search_proxy: float | None = None,
             predicted_macs: int | None = None, start_weights: dict[str, torch.Tensor] | None = None,
-            extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Prune (physically, or by masks) -> fine-tune -> evaluate -> save pruned-<pick>-<id>.pt -> add a row."""
+            extra: dict[str, Any] | None = None, spent: Compute | None = None,
+            warm_start: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Prune (physically, or by masks) -> fine-tune -> evaluate -> save pruned-<pick>-<id>.pt -> add a row.
+
+        Args:
+            spent: what finding the plan cost (search or one-shot phases); the row's
+                `compute_macs` is it plus this fine-tune (`gaprune.engine.compute`).
+            warm_start: a finalist's fine-tune state to continue from (`train_with_state`)."""
         meta, directory, tag = self.meta, self.directory, f"{self.pick}-{plan_id}"
         sparse = isinstance(plan, SparsePlan)
         if sparse:
@@ -141,7 +149,8 @@ class FinetuneJob:
         history = train_with_state(student, self.train_batches, self.val_batches, replace(self.recipe),
                                    directory / f"state-{tag}.pt", teacher=self.teacher if self.kd else None,
                                    on_epoch=lambda row: self.logger.log({f"plan{plan_id}/{k}": v for k, v in row.items()}),
-                                   desc=f"finetune plan {plan_id}", after_step=after_step)
+                                   desc=f"finetune plan {plan_id}", after_step=after_step, warm_start=warm_start)
+        compute = (spent or Compute()) + self.finetune_compute(macs, before["images"], history)
         val, test = evaluate(student, self.val_batches), evaluate(student, self.test_batches)
         ck_meta = {**meta, "val_acc": val["acc"], "test_acc": test["acc"], "macs": macs, "params": params}
         row = {
@@ -156,13 +165,24 @@ class FinetuneJob:
             timing = latency_fields(student, self.x0, self.device, self.latency)
             row.update({**timing, **speedup_fields(timing, self.teacher_latency)})
         row.update({"predicted_macs": macs if predicted_macs is None else predicted_macs, "epochs": len(history),
-                    "kd": bool(self.kd), **(extra or {})})
+                    "steps": sum(r["steps"] for r in history) + (int(warm_start["steps"]) if warm_start else 0),
+                    "kd": bool(self.kd), "compute_macs": compute.total, "compute_macs_by_phase": compute.to_json(),
+                    **(extra or {})})
         save_checkpoint(directory / f"pruned-{tag}.pt", copy.deepcopy(student).cpu(), ck_meta, plan=plan)
         self.rows.append(row)
         write_json(directory / "results.json", {"baseline": self.baseline, "results": self.rows, **self.header})
         write_csv(directory / "results.csv", self.rows)
         (directory / f"state-{tag}.pt").unlink(missing_ok=True)
         return row
+
+    def finetune_compute(self, student_macs: float, before_images: int, history: Sequence[dict[str, Any]]) -> Compute:
+        """The fine-tune's MACs: the student's training and validation passes (the evaluation
+        before training included), the KD teacher's forwards."""
+        teacher_macs = self.meta["macs"] if self.kd else 0.0
+        compute = Compute()
+        compute.add("finetune", forward_macs(before_images + sum(r["eval_images"] for r in history), student_macs))
+        compute.add("finetune", training_macs(sum(r["train_images"] for r in history), student_macs, teacher_macs))
+        return compute
 
     def close(self, summary_keys: Sequence[str] = ("test_acc", "macs_reduction")) -> str:
         """Write results.md, close the logger, print and return the table."""

@@ -45,7 +45,7 @@ def evaluate(model: nn.Module, batches: Iterable) -> dict[str, float]:
         total += y.numel()
     if total == 0:
         raise GapruneError("evaluation got no samples; the split is empty")
-    return {"acc": correct / total, "loss": loss / total}
+    return {"acc": correct / total, "loss": loss / total, "images": total}
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
@@ -64,10 +64,13 @@ class TrainConfig:
     bn_sparsity: float = 0.0  # L1 on BN gammas (network slimming)
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9
+    steps: int | None = None  # stop after this many SGD steps in all (a fractional last epoch); None: every epoch
 
     def validate(self) -> None:
         if self.epochs < 0:
             raise GapruneError(f"epochs={self.epochs} must be >= 0")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+            raise GapruneError(f"steps={self.steps!r} must be a whole number >= 1 (or null: every epoch)")
         if not self.lr > 0:
             raise GapruneError(f"lr={self.lr} must be > 0")
         if not 0.0 <= self.kd_alpha <= 1.0:
@@ -94,10 +97,15 @@ def train(
     start_epoch: int = 0,
     optimizer_state: tuple[torch.optim.Optimizer, Any] | None = None,
     after_step: Callable[[], None] | None = None,
+    skip_steps: int = 0,
 ) -> list[dict[str, float]]:
     """Train in place; returns per-epoch history. KD from `teacher` when given; `after_step`
-    runs after every optimizer step (e.g. to re-apply unstructured weight masks)."""
+    runs after every optimizer step (e.g. to re-apply unstructured weight masks). `skip_steps`:
+    the first batches of `start_epoch` were already trained on (a warm start that continues a
+    finalist's fine-tune); they are drawn, so the batch order is unchanged, but not trained on.
+    `config.steps` caps the steps of all epochs together (counted from epoch 0, skipped ones included)."""
     config.validate()
+    per_epoch = len(train_batches) if config.steps is not None else None  # type: ignore[arg-type]
     optimizer, scheduler = optimizer_state or make_optimizer(model, config)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
     if teacher is not None:
@@ -107,8 +115,14 @@ def train(
     for epoch in bar:
         start = time.perf_counter()
         model.train()
-        seen, correct, total_loss = 0, 0, 0.0
-        for x, y in train_batches:
+        seen, correct, total_loss, steps_run = 0, 0, 0.0, 0
+        skip = skip_steps if epoch == start_epoch else 0
+        allowed = None if per_epoch is None else max(0, config.steps - epoch * per_epoch)
+        for step, (x, y) in enumerate(train_batches):
+            if allowed is not None and step >= allowed:
+                break
+            if step < skip:
+                continue
             logits = model(x)
             if teacher is not None:
                 with torch.no_grad():
@@ -126,13 +140,14 @@ def train(
             if after_step is not None:
                 after_step()
             seen += y.numel()
+            steps_run += 1
             total_loss += loss.item() * y.numel()
             correct += (logits.argmax(1) == y).sum().item()
         scheduler.step()
         val = evaluate(model, val_batches)
         row = {"epoch": epoch + 1, "train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen),
                "val_acc": val["acc"], "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - start}
+               "seconds": time.perf_counter() - start, "train_images": seen, "eval_images": val["images"], "steps": steps_run}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}")
         if on_epoch is not None:
@@ -142,14 +157,27 @@ def train(
 
 def train_with_state(model: nn.Module, train_batches, val_batches, config: TrainConfig, state_path: Path,
                      teacher: nn.Module | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
-                     desc: str = "train", after_step: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+                     desc: str = "train", after_step: Callable[[], None] | None = None,
+                     warm_start: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """`train`, saving model/optimizer/scheduler/RNG state and history to `state_path` after every
     epoch (atomically) and continuing from it when present: an interrupted run resumed here ends
-    with the weights of an uninterrupted one. `train_batches.set_epoch` keeps the batch order."""
+    with the weights of an uninterrupted one. `train_batches.set_epoch` keeps the batch order.
+
+    `warm_start` ({"model", "optimizer", "steps"}: the state after the first `steps` batches of
+    epoch 0 with this recipe, e.g. a finalist's short fine-tune) continues from there instead of
+    starting over; used only while no epoch has been saved."""
     from gaprune.utils.io import atomic_torch_save, read_torch_file
 
     optimizer, scheduler = make_optimizer(model, config)
     history: list[dict[str, Any]] = []
+    skip = 0
+    if warm_start is not None and not state_path.is_file():
+        model.load_state_dict(warm_start["model"])
+        optimizer.load_state_dict(warm_start["optimizer"])
+        for group, lr in zip(optimizer.param_groups, scheduler.base_lrs):  # its own schedule ended; ours goes on
+            group["lr"] = lr
+        skip = int(warm_start["steps"])
+        print(f"{desc}: continuing the finalist's fine-tune after its {skip} steps")
     if state_path.is_file():
         state = read_torch_file(state_path, "training state", "delete it to restart from epoch 0")
         model.load_state_dict(state["model"])
@@ -169,5 +197,5 @@ def train_with_state(model: nn.Module, train_batches, val_batches, config: Train
             on_epoch(row)
 
     train(model, train_batches, val_batches, config, teacher=teacher, on_epoch=save, desc=desc,
-          start_epoch=len(history), optimizer_state=(optimizer, scheduler), after_step=after_step)
+          start_epoch=len(history), optimizer_state=(optimizer, scheduler), after_step=after_step, skip_steps=skip)
     return history

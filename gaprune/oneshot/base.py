@@ -20,6 +20,8 @@ from gaprune.data.datasets import DataBundle
 from gaprune.data.loaders import capped, make_loader
 from gaprune.pruning.plan import Plan, SparsePlan
 from gaprune.pruning.units import PrunableUnit
+from gaprune.engine.compute import Compute
+from gaprune.pruning.importance import IMAGE_PASSES
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.registry import Registry
 
@@ -42,6 +44,7 @@ class OneshotContext:
     cache_dir: Path | None = None  # importance cache (shared with search.py's key format)
     checkpoint: Path | None = None  # the baseline file, for the cache key
     finetune: ShortFinetune | None = None
+    compute: Compute | None = None  # what finding the plan costs (gaprune.engine.compute), counted when given
     _cost: Any = field(default=None, repr=False)
 
     def batches(self, split: str = "val", batch_size: int = 128, limit: int | None = None):
@@ -57,7 +60,13 @@ class OneshotContext:
         if self.cache_dir is not None and self.checkpoint is not None and Path(self.checkpoint).is_file():
             cache = cache_file(self.cache_dir, self.checkpoint, name, batches, self.seed)
         val = lambda: capped(self.batches("val", batch_size), batches)  # noqa: E731
-        return compute_importance(name, self.model, self.units, val, self.seed, cache)
+        if self.compute is None:
+            return compute_importance(name, self.model, self.units, val, self.seed, cache)
+        with self.compute.paused():  # counted analytically below, cached or not
+            scores = compute_importance(name, self.model, self.units, val, self.seed, cache)
+        images = min(len(self.bundle.val), int(batches) * int(batch_size)) if self.bundle is not None else 0
+        self.compute.add("importance", images * IMAGE_PASSES.get(name, 0) * self.cost_model().base_macs)
+        return scores
 
     def cost_model(self):
         """Analytic channel cost (checked once against torch-pruning's count of a pruned model)."""

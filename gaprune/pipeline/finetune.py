@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch.nn as nn
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gaprune.engine.checkpoint import example_input, load_model
+from gaprune.engine.compute import Compute
 from gaprune.engine.finetune import FinetuneJob
 from gaprune.pipeline.latency import latency_pick, latency_settings
 from gaprune.pipeline.setup import check_dataset, loader, make_logger, open_run, plain, train_config, train_loader
 from gaprune.pruning.plan import plan_from_json
 from gaprune.pruning.units import PrunableUnit, discover_units
+from gaprune.search.finalists import winner_state
 from gaprune.search.picks import PICKS, pick_plans
 from gaprune.utils.errors import GapruneError, Interrupted
 from gaprune.utils.io import read_json
@@ -62,6 +64,24 @@ def chosen_records(search_dir: Path, pick: str, target: float | None) -> list[di
     return pick_plans(read_json(pareto_path), pick, target)
 
 
+def finetune_recipe(cfg: DictConfig) -> dict[str, Any]:
+    """What makes the finalists' short fine-tune the first steps of the final one: the `finetune`
+    recipe, the seed and the augmentation (saved in finalists.json, compared before continuing)."""
+    ft = cfg.finetune
+    return dict(lr=float(ft.lr), momentum=float(ft.momentum), weight_decay=float(ft.weight_decay),
+                nesterov=bool(ft.nesterov), batch_size=int(ft.batch_size), kd=bool(ft.kd),
+                kd_temperature=float(ft.kd_temperature), kd_alpha=float(ft.kd_alpha), seed=int(cfg.seed),
+                augment=bool(cfg.dataset.augment))
+
+
+def continued_finalist(cfg: DictConfig, search_dir: Path, record: dict[str, Any], job: FinetuneJob) -> dict[str, Any] | None:
+    """The finalists' winner's short fine-tune state when `record` is that winner and its fine-tune
+    can be continued exactly (`finalists.continue_winner`, `gaprune.search.finalists.winner_state`)."""
+    if cfg.pick != "target_macs" or not OmegaConf.select(cfg, "finalists.continue_winner", default=True):
+        return None
+    return winner_state(search_dir, record["id"], finetune_recipe(cfg), len(job.train_batches))
+
+
 def resolve_search_dir(value: Any, output_root: Path) -> Path:
     """A finished search run dir; `latest` means the newest one under outputs/search."""
     if value in (None, "", "latest"):
@@ -105,12 +125,14 @@ def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Pat
     job = open_job(cfg, run.directory, teacher, meta, run.load_data(), run.device, "finetune", cfg.pick,
                    header={"search_dir": str(search_dir.resolve())})
     resume_dir = run.directory if directory is None else search_dir  # then_finetune: resume the search run
+    spent = Compute.from_json(summary.get("compute_macs_by_phase"))  # what the search cost
     with stopped_cleanly(run.directory, resume_dir):
         for record in chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction):
             if job.done(record["id"]):
                 continue  # finished before an interruption
             job.run(plan_from_json(record["plan"]), record["id"], search_proxy=record["proxy"],
-                    predicted_macs=record["macs"])
+                    predicted_macs=record["macs"], spent=spent,
+                    warm_start=continued_finalist(cfg, search_dir, record, job))
     job.close()
     return job.rows
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from gaprune.engine.compute import Compute, counting
 from gaprune.oneshot import OneshotContext, Pruner, build_pruner
 from gaprune.pipeline.finetune import open_job, stopped_cleanly
 from gaprune.pipeline.setup import open_run, plain
@@ -45,23 +46,28 @@ def run_oneshot(cfg: DictConfig) -> dict[str, Any]:
     label = pruner.label()
 
     weights = None
+    spent = Compute()
     if run.resuming:
         plan = plan_from_json(read_json(directory / PLAN))
+        if (directory / "oneshot.json").is_file():
+            spent = Compute.from_json(read_json(directory / "oneshot.json").get("compute_macs_by_phase"))
         if (directory / WEIGHTS).is_file():
             weights = read_torch_file(directory / WEIGHTS, "fine-tune weights", "delete it to restart that plan")
         print(f"resuming one-shot run {directory} ({name}, plan from {PLAN})")
     else:
         ctx = OneshotContext(model=teacher, units=units, example_input=x0, bundle=bundle, device=device,
                              seed=int(cfg.seed), cache_dir=Path(cfg.paths.checkpoints) / "cache",
-                             checkpoint=Path(baseline_path), finetune=job.short_finetune)
-        result = pruner.run(ctx)
+                             checkpoint=Path(baseline_path), finetune=job.short_finetune, compute=spent)
+        with counting(teacher, meta["macs"], spent, "importance"):  # every pass of the baseline finding the plan
+            result = pruner.run(ctx)
         plan, weights = result.plan, result.weights
         write_json(directory / PLAN, plan.to_json())
         if weights is not None:
             atomic_torch_save(weights, directory / WEIGHTS)
         write_json(directory / "oneshot.json", {"oneshot": name, "label": label, "kind": pruner.kind,
                                                 "target": pruner.target, "options": pruner.options(),
-                                                "info": result.info})
+                                                "info": result.info, "compute_macs": spent.total,
+                                                "compute_macs_by_phase": spent.to_json()})
     predicted = None
     if isinstance(plan, Plan):
         cost = CostModel(teacher, units, x0)
@@ -73,6 +79,6 @@ def run_oneshot(cfg: DictConfig) -> dict[str, Any]:
               f"layer densities {', '.join(f'{d:.3f}' for d in plan.densities())}")
     if not job.done(label):
         with stopped_cleanly(directory, directory):
-            job.run(plan, label, predicted_macs=predicted, start_weights=weights)
+            job.run(plan, label, predicted_macs=predicted, start_weights=weights, spent=spent)
     job.close()
     return {"run_dir": str(Path(directory).resolve()), "oneshot": name, "rows": job.rows}

@@ -20,12 +20,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from gaprune.data.loaders import capped
+from gaprune.engine.compute import Compute, format_macs
 from gaprune.engine.training import seed_everything
 from gaprune.oneshot.base import check_int
+from gaprune.pipeline.finetune import finetune_recipe, run_finetune
 from gaprune.pipeline.latency import latency_picks, search_latency_cost, validate_latency
 from gaprune.pipeline.setup import Run, loader, make_logger, open_run, plain
 from gaprune.pruning.cost import CostModel
-from gaprune.pruning.importance import IMPORTANCES, cache_file, compute_importance
+from gaprune.pruning.importance import IMAGE_PASSES, IMPORTANCES, cache_file, compute_importance
 from gaprune.search.encodings import Encoding, KeepRatioEncoding, build_encoding, validate_encoding
 from gaprune.search.finalists import METRICS as FINALIST_METRICS, rerank, select_finalists
 from gaprune.search.fitness import FITNESSES, Fitness
@@ -93,6 +95,8 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
     run.reference()
     baseline_path, meta, units = run.baseline_path, run.meta, run.units
     importance, encoding, cost = search_space(run)
+    spent = Compute()
+    spent.add("importance", importance_compute(run, cfg.importance))
     fitness = fitness_from_config(cfg.fitness, run, importance)
     objective = Objective(**plain(cfg.objective))
     repair, seeds = at_target(cfg, objective, encoding, cost, importance)
@@ -145,20 +149,25 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
     bar.close()
 
     target_pick = finalist_pick(cfg, run, importance, problem, encoding, seeds, directory)
-    summary = finish_search(cfg, directory, problem, encoding, units, generations, baseline_path, meta, target_pick)
+    spent.add("proxy", problem.compute_macs)
+    if target_pick is not None:
+        spent.add("finalists", sum(row.get("compute_macs", 0) for row in read_json(directory / "finalists.json")["rows"]))
+    summary = finish_search(cfg, directory, problem, encoding, units, generations, baseline_path, meta, target_pick,
+                            spent)
     logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     logger.finish()
     if cfg.then_finetune:
-        from gaprune.pipeline.finetune import run_finetune
-
         summary["finetune"] = run_finetune(cfg, directory, directory / "finetune")
     return summary
 
 
 def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, units, generations,
-                  baseline_path: Path, meta: dict[str, Any], target_pick: dict[str, Any] | None = None) -> dict[str, Any]:
+                  baseline_path: Path, meta: dict[str, Any], target_pick: dict[str, Any] | None = None,
+                  spent: Compute | None = None) -> dict[str, Any]:
     """Pareto set, picks, plots and summary from the records; `target_pick` (the finalists'
-    winner) replaces the highest-proxy plan at the MACs target."""
+    winner) replaces the highest-proxy plan at the MACs target; `spent`: the search's compute
+    by phase (summary `compute_macs`, `compute_macs_by_phase`)."""
+    spent = spent or Compute()
     records = problem.records
     front = pareto_front(records)
 
@@ -197,12 +206,15 @@ def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, 
         "cache_hits": problem.cache_hits,
         "pareto_size": len(front),
         "seconds": generations[-1]["seconds"] if generations else 0.0,
+        "compute_macs": spent.total,
+        "compute_macs_by_phase": spent.to_json(),
         "picks": {name: {k: r[k] for k in ("id", "proxy", "score", "macs_reduction", "params_reduction")}
                   for name, r in picks.items()},
     }
     write_json(directory / "search_summary.json", summary)
     knee_pick = picks["knee"]
-    print(f"search done: {len(records)} plans evaluated ({problem.cache_hits} cache hits) in {summary['seconds']:.1f}s; "
+    print(f"search done: {len(records)} plans evaluated ({problem.cache_hits} cache hits) in {summary['seconds']:.1f}s, "
+          f"{format_macs(spent.total)} MACs of compute; "
           f"knee proxy {knee_pick['proxy']:.4f} at {100 * knee_pick['macs_reduction']:.1f}% fewer MACs -> {directory}")
     return summary
 
@@ -264,6 +276,18 @@ def run_importance(run: Run, imp: DictConfig) -> dict[str, np.ndarray]:
     return compute_importance(imp.name, run.model, run.units, val_batches, cfg.seed, cache)
 
 
+def importance_compute(run: Run, imp: DictConfig) -> int:
+    """MACs the `importance` option costs on the run's baseline (`gaprune.engine.compute`):
+    Taylor's forward + backward over its validation batches; L1, BN-scale and random cost none.
+    Counted whether or not the scores came from the cache."""
+    passes = IMAGE_PASSES.get(imp.name, 0)
+    if not passes:
+        return 0
+    available = len(run.bundle.val)
+    images = available if imp.calib_batches is None else min(available, int(imp.calib_batches) * int(imp.calib_batch_size))
+    return int(images * passes * run.meta["macs"])
+
+
 def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness | WorkerPool:
     """The `fitness` group's fitness over the run's reference model: calibration batches from
     validation, fresh seeded training loaders for adaptive BN / fine-tuning fitnesses. With
@@ -293,7 +317,9 @@ def finalist_pick(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray], 
     ids = ", ".join(f"#{r['id']}" for r in finalists)
     print(f"finalists: {len(finalists)} plans at the target ({ids}) re-ranked by a {fin.steps}-step fine-tune")
     try:
-        winner = rerank(finalists, encoding.decode, fitness, directory / "finalists.json", target, fin.metric)
+        winner = rerank(finalists, encoding.decode, fitness, directory / "finalists.json", target, fin.metric,
+                        base_macs=problem.cost.base_macs, recipe=finetune_recipe(cfg),
+                        states=directory / "finalists" if fin.continue_winner else None)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted during the finalists' fine-tunes; resume with resume={directory}") from None
     print(f"finalists: #{winner['id']} wins (proxy {winner['proxy']:.4f}; highest proxy was #{finalists[0]['id']})")
@@ -305,10 +331,10 @@ def finalist_fitness(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray
     `finalists.steps` SGD steps (same seeded batches for every plan), scored on
     `finalists.calib_samples` validation images."""
     fin, ft = cfg.finalists, cfg.finetune
-    params = dict(steps=fin.steps, lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay,
-                  batch_size=ft.batch_size, kd=ft.kd, kd_temperature=ft.kd_temperature, kd_alpha=ft.kd_alpha)
-    return FitnessRecipe("finetune", params, run.model, run.units, importance, run.bundle, fin.calib_samples,
-                         ft.eval_batch_size, int(cfg.seed), bool(cfg.dataset.augment))(torch.device(run.device))
+    params = {k: v for k, v in finetune_recipe(cfg).items() if k not in ("seed", "augment")}
+    return FitnessRecipe("finetune", dict(params, steps=fin.steps), run.model, run.units, importance, run.bundle,
+                         fin.calib_samples, ft.eval_batch_size, int(cfg.seed),
+                         bool(cfg.dataset.augment))(torch.device(run.device))
 
 
 def search_objectives(cfg: DictConfig, repair: TargetRepair | None) -> list[str]:

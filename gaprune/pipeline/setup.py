@@ -226,6 +226,7 @@ def validate_run_config(cfg: DictConfig) -> None:
     _at_least(cfg, "trainer.epochs", 1)
     if cfg.get("task") == "finetune" or cfg.get("then_finetune") or cfg.get("task") == "oneshot":
         _at_least(cfg, "finetune.epochs", 1, " (then_finetune=false skips the fine-tune)")
+        _at_least(cfg, "finetune.steps", 1, " (null: every epoch)", null_ok=True)
     _at_least(cfg, "dataset.split_seed", 0, null_ok=True)
     if cfg.get("fitness") is not None and cfg.fitness.get("name") != "taylor_proxy":
         _at_least(cfg, "fitness.calib_samples", 1, " (null: every validation image)", null_ok=True)

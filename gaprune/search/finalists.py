@@ -20,9 +20,12 @@ from typing import Any, Callable, Sequence
 from gaprune.pruning.plan import Plan
 from gaprune.search.fitness import Fitness
 from gaprune.utils.errors import GapruneError
-from gaprune.utils.io import read_json, write_json
+from gaprune.utils.io import atomic_torch_save, read_json, read_torch_file, write_json
 
-METRICS = {"accuracy": "finetune_acc", "neg_loss": "finetune_loss"}
+# finalists.metric -> the fine-tune result it ranks by: validation accuracy, validation loss, or the
+# mean training loss over the short fine-tune (the sum of training losses at a fixed step count: the
+# "training speed" estimate of Ru et al., 2021; no validation pass needed)
+METRICS = {"accuracy": "finetune_acc", "neg_loss": "finetune_loss", "neg_train_loss": "finetune_train_loss"}
 
 
 def select_finalists(records: Sequence[dict[str, Any]], target: float, count: int,
@@ -40,12 +43,16 @@ def select_finalists(records: Sequence[dict[str, Any]], target: float, count: in
 
 
 def rerank(finalists: Sequence[dict[str, Any]], decode: Callable[[Sequence[float]], Plan], fitness: Fitness,
-           path: Path, target: float, metric: str = "accuracy") -> dict[str, Any]:
+           path: Path, target: float, metric: str = "accuracy", base_macs: float = 0.0,
+           states: Path | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune every finalist (resumable through `path`) and return the winner's record.
 
-    Writes {"target", "metric", "ids", "rows": [{id, proxy, finetune_acc, finetune_loss, ...}],
-    "winner"}; the winner has the best `metric` after the short fine-tune (ties: higher proxy,
-    then lower id)."""
+    Writes {"target", "metric", "ids", "rows": [{id, proxy, finetune_acc, finetune_loss,
+    compute_macs, ...}], "winner"}; the winner has the best `metric` after the short fine-tune
+    (ties: higher proxy, then lower id). A row's `compute_macs` is what its fine-tune cost (its
+    plan's MACs per pass, `base_macs` per baseline pass). With `states`, each finalist's trained
+    state is kept in `<states>/plan-<id>.pt` until the winner is known, then only the winner's,
+    so the final fine-tune can continue it (`winner_state`)."""
     if metric not in METRICS:
         raise GapruneError(f"finalists.metric={metric!r} is unknown; choose one of: {', '.join(METRICS)}")
     ids = [r["id"] for r in finalists]
@@ -54,12 +61,15 @@ def rerank(finalists: Sequence[dict[str, Any]], decode: Callable[[Sequence[float
         saved = read_json(path)
         if saved.get("target") == target and saved.get("ids") == ids:
             done = {row["id"]: row for row in saved["rows"]}
-    state = {"target": target, "metric": metric, "ids": ids, "rows": [], "winner": None}
+    state = {"target": target, "metric": metric, "ids": ids, "rows": [], "winner": None, "recipe": recipe}
     for record in finalists:
         if record["id"] not in done:
-            result = fitness.evaluate([decode(record["genome"])])[0]
+            result = dict(fitness.evaluate([decode(record["genome"])])[0])
+            spent = result.pop("plan_passes", 0) * record["macs"] + result.pop("baseline_passes", 0) * base_macs
+            if states is not None and getattr(fitness, "last_trained", None) is not None:
+                atomic_torch_save(fitness.last_trained, states / f"plan-{record['id']}.pt")
             done[record["id"]] = {"id": record["id"], "proxy": record["proxy"],
-                                  "macs_reduction": record["macs_reduction"],
+                                  "macs_reduction": record["macs_reduction"], "compute_macs": int(spent),
                                   **{k: float(v) for k, v in result.items() if k != "proxy"}}
         state["rows"] = [done[i] for i in ids if i in done]
         write_json(path, state)
@@ -67,4 +77,28 @@ def rerank(finalists: Sequence[dict[str, Any]], decode: Callable[[Sequence[float
     best = max(state["rows"], key=lambda row: (sign * row[METRICS[metric]], row["proxy"], -row["id"]))
     state["winner"] = best["id"]
     write_json(path, state)
+    if states is not None:
+        for other in ids:
+            if other != best["id"]:
+                (states / f"plan-{other}.pt").unlink(missing_ok=True)
     return next(r for r in finalists if r["id"] == best["id"])
+
+
+def winner_state(search_dir: Path, plan_id: int, recipe: dict[str, Any], steps_per_epoch: int) -> dict[str, Any] | None:
+    """The finalists' winner's short fine-tune state (`rerank(states=...)`) when `plan_id` is the
+    winner and the final
+    fine-tune can continue it exactly: same recipe (`recipe`: the finalists' fine-tune settings
+    saved with it) and its steps inside the first epoch (whose learning rate it shares).
+    None otherwise (the final fine-tune then starts over)."""
+    path = search_dir / "finalists.json"
+    if not path.is_file():
+        return None
+    saved = read_json(path)
+    winner = saved.get("winner")
+    state_path = search_dir / "finalists" / f"plan-{winner}.pt"
+    if winner is None or winner != plan_id or saved.get("recipe") != recipe or not state_path.is_file():
+        return None
+    state = read_torch_file(state_path, "finalist state", "delete it: the final fine-tune then starts over")
+    if not state.get("steps") or int(state["steps"]) >= steps_per_epoch:
+        return None
+    return state

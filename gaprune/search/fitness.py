@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gaprune.data.loaders import capped
-from gaprune.engine.training import TrainConfig, evaluate, train
+from gaprune.engine.training import TrainConfig, evaluate, make_optimizer, train
 from gaprune.pruning.batchnorm import adapted_bn, batch_norms, sliced_with_fresh_bn
 from gaprune.pruning.masking import ChannelMasker, apply_masks_permanently, masked_weights, masks_exact
 from gaprune.pruning.physical import prune_model
@@ -55,7 +55,19 @@ class FitnessContext:
     seed: int = 0
 
 
+def passes(images: int, sliced: bool) -> dict[str, int]:
+    """A result's compute (`gaprune.engine.compute`): images through the plan's own network
+    (`plan_passes`) or through the full-width baseline (`baseline_passes`); Problem turns them into MACs."""
+    return {"plan_passes": images, "baseline_passes": 0} if sliced else {"plan_passes": 0, "baseline_passes": images}
+
+
 class Fitness:
+    """Scores plans. Each result may carry `plan_passes` / `baseline_passes` (image passes through
+    the plan's pruned network / the full baseline, a backward counting 2): what scoring it cost.
+    `setup_baseline_passes`: baseline passes spent once when the fitness was built."""
+
+    setup_baseline_passes = 0
+
     def __init__(self, context: FitnessContext, **params) -> None:
         self.context = context
         if params:
@@ -163,6 +175,10 @@ class MaskedForwardFitness(Fitness):
     def score(self, plans: Sequence[AnyPlan]) -> list[dict[str, float]]:
         raise NotImplementedError
 
+    def images_per_plan(self) -> int:
+        """Images each plan's network runs on while it is scored (stacked plans each count theirs)."""
+        return sum(int(x.shape[0]) for x, _ in self.context.calib)
+
     @torch.no_grad()
     def evaluate(self, plans: Sequence[AnyPlan]) -> list[dict[str, float]]:
         model = self.context.model
@@ -174,7 +190,7 @@ class MaskedForwardFitness(Fitness):
                 members = [plans[i] for i in group]
                 with self.applied(members):
                     for index, result in zip(group, self.score(members)):
-                        results[index] = result
+                        results[index] = {**result, **passes(self.images_per_plan(), self._sliced is not None)}
         finally:
             model.train(was_training)
         return results  # type: ignore[return-value]
@@ -235,6 +251,10 @@ class CalibrationAccuracy(MaskedForwardFitness):
             self._bn_data = list(capped(batches, self.bn_batches))
         return self._bn_data
 
+    def images_per_plan(self) -> int:
+        bn = sum(int(x.shape[0]) for x, _ in self.bn_data()) if self.adaptive_bn else 0
+        return super().images_per_plan() + bn
+
     def score(self, plans: Sequence[AnyPlan]) -> list[dict[str, float]]:
         if not self.adaptive_bn:
             return self._accuracy(len(plans))
@@ -284,6 +304,7 @@ class OutputDistortion(MaskedForwardFitness):
         model.eval()
         with torch.no_grad():
             self.reference = [model(x) for x in self.inputs]
+        self.setup_baseline_passes = sum(int(x.shape[0]) for x in self.inputs)
         model.train(was_training)
 
     def score(self, plans: Sequence[AnyPlan]) -> list[dict[str, float]]:
@@ -316,7 +337,7 @@ class FinetuneAccuracy(Fitness):
 
     def __init__(self, context: FitnessContext, epochs: int = 1, steps: int | None = None, lr: float = 0.01,
                  momentum: float = 0.9, weight_decay: float = 5e-4, batch_size: int = 64, augment: bool = True,
-                 kd: bool = False, kd_temperature: float = 4.0, kd_alpha: float = 0.9) -> None:
+                 kd: bool = False, kd_temperature: float = 4.0, kd_alpha: float = 0.9, nesterov: bool = True) -> None:
         super().__init__(context)
         if not context.calib:
             raise GapruneError("fitness=finetune needs calibration data; the validation split is empty")
@@ -329,7 +350,7 @@ class FinetuneAccuracy(Fitness):
         self.steps = steps
         self.batch_size, self.augment, self.kd = int(batch_size), bool(augment), bool(kd)
         self.config = TrainConfig(epochs=1 if steps is not None else int(epochs), lr=float(lr),
-                                  momentum=float(momentum), weight_decay=float(weight_decay),
+                                  momentum=float(momentum), weight_decay=float(weight_decay), nesterov=bool(nesterov),
                                   kd_temperature=float(kd_temperature), kd_alpha=float(kd_alpha))
         self.config.validate()
         self.example_input = context.calib[0][0][:1].detach().cpu()
@@ -357,12 +378,19 @@ class FinetuneAccuracy(Fitness):
             batches = self.context.train_batches(self.batch_size, augment=self.augment)
             if self.steps is not None:
                 batches = capped(batches, self.steps, across_epochs=True)
+            optimizer = make_optimizer(student, self.config)
             history = train(student, batches, self.context.calib, self.config, teacher=model if self.kd else None,
-                            desc="fitness fine-tune", after_step=after_step)
+                            desc="fitness fine-tune", after_step=after_step, optimizer_state=optimizer)
         model.train(was_training)
         last = history[-1]
+        trained = sum(row["train_images"] for row in history)
+        self.last_trained = {"model": student.state_dict(), "optimizer": optimizer[0].state_dict(),
+                             "steps": self.steps, "images": trained}
+        own = 3 * trained + before["images"] + sum(row["eval_images"] for row in history)
+        cost = passes(own, sliced=not isinstance(plan, SparsePlan))  # a sparse plan trains the dense copy
+        cost["baseline_passes"] += trained if self.kd else 0
         return {"proxy": last["val_acc"], "finetune_acc": last["val_acc"], "finetune_loss": last["val_loss"],
-                "finetune_train_loss": last["train_loss"], "calib_acc_before": before["acc"]}
+                "finetune_train_loss": last["train_loss"], "calib_acc_before": before["acc"], **cost}
 
 
 def build_fitness(name: str, context: FitnessContext, **params: Any) -> Fitness:

@@ -131,6 +131,9 @@ class Problem:
             raise GapruneError(f"fitness returned a non-finite proxy ({proxy}); check the baseline checkpoint")
         macs, params = self.cost.cost(plan)
         macs_reduction = 1.0 - macs / self.cost.base_macs
+        result = dict(result)
+        compute_macs = (int(result.pop("plan_passes", 0)) * macs
+                        + int(result.pop("baseline_passes", 0)) * self.cost.base_macs)
         params_reduction = 1.0 - params / self.cost.base_params
         timing = {}
         if self.latency is not None:
@@ -145,6 +148,7 @@ class Problem:
             "params": params,
             "macs_reduction": macs_reduction,
             "params_reduction": params_reduction,
+            "compute_macs": int(compute_macs),
             **timing,
             **{k: float(v) for k, v in result.items() if k != "proxy"},
             **plan.record_fields(),
@@ -152,6 +156,13 @@ class Problem:
         }
         self.records.append(record)
         return record
+
+    @property
+    def compute_macs(self) -> int:
+        """MACs spent scoring every recorded plan (once each: cache hits are free), plus what
+        building the fitness cost (`gaprune.engine.compute`)."""
+        setup = int(getattr(self.fitness, "setup_baseline_passes", 0)) * self.cost.base_macs
+        return int(setup + sum(int(r.get("compute_macs", 0)) for r in self.records))
 
     def values(self, record: dict[str, Any]) -> tuple[float, ...]:
         """Objective tuple for multi-objective selection (MACs/params as ratios of baseline)."""

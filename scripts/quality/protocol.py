@@ -26,6 +26,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "fidelity": {  # per model: random plans near its target, each fine-tuned `epochs` (resnet20: the issue's study)
             "resnet20": {"target": 0.7, "window": 0.05, "plans": 30, "epochs": 1, "importance": "taylor"},
             "vgg16": {"target": 0.73, "window": 0.05, "plans": 20, "epochs": 2, "importance": "l1"}},  # the arms' budget
+        # cells with a longer fine-tune (issue #21): <model>@<target>-ft<epochs>, the protocol otherwise
+        "longer_finetunes": {"resnet20": {"targets": [0.7], "epochs": [8]}},
         "results": "../results/quality-cifar10",  # relative to --out: benchmarks/results/quality-cifar10
     },
     "digits": {
@@ -34,6 +36,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "finalist_steps": 20,
         "models": {"resnet20": {"overrides": ["model.params.width=8"], "targets": [0.5], "seeds": [0]}},
         "fidelity": {"resnet20": {"target": 0.5, "window": 0.1, "plans": 6, "epochs": 1, "importance": "taylor"}},
+        "longer_finetunes": {"resnet20": {"targets": [0.5], "epochs": [2]}},
         "results": None,
     },
 }
@@ -53,11 +56,23 @@ SEARCH_ARMS = {
                     "fitness.params.adaptive_bn=false", "objective.repair_to_target=false",
                     "optimizer.seed_with_oneshot=false"],
 }
+# the cheap search (issue #21), each cut from the ResNet-20 fidelity study (30 plans): the default proxy
+# on 2 BN batches instead of 8 (tau +0.55 vs +0.53), 6 generations instead of 10; finalists: the highest
+# proxy and the two one-shot seeds, a 25-step fine-tune each ranked by its mean training loss (tau +0.65
+# on the first 24 plans, vs +0.51 for its val accuracy and +0.64 for the 100-step finalists), scored on
+# 512 val images; the winner's steps continued by the final fine-tune
+LEAN = ["optimizer.params.generations=6", "fitness.params.bn_batches=2", "finalists.count=1", "finalists.steps=25",
+        "finalists.metric=neg_train_loss", "finalists.calib_samples=512", "finalists.continue_winner=true"]
+SEARCH_ARMS["lean"] = ["optimizer=nsga2", "fitness=calib", *LEAN]
 ONESHOT_ARMS = {"global_taylor": ["oneshot=global_taylor", "oneshot.params.rule=min", "oneshot.params.importance=taylor"],
                 "global_l1": ["oneshot=global_taylor", "oneshot.params.rule=min", "oneshot.params.importance=l1",
                               "oneshot.params.batches=0"],
                 "uniform_l1": ["oneshot=uniform_l1"]}
+# one-shot arms fine-tuned until their compute reaches MATCHED_TO's of the same cell and seed
+MATCHED_TO = "lean"
+MATCHED_ARMS = {"uniform_l1_matched": "uniform_l1", "global_l1_matched": "global_l1"}
 ARMS = ("default", "ga", "random", "taylor_nsga2", "global_taylor", "global_l1", "uniform_l1")
+LONGER_FINETUNE_ARMS = ("lean", "default", "uniform_l1", "global_l1")  # the arms of a -ft<epochs> cell
 LABELS = {"default": "search: NSGA-II + calib (default)", "ga": "search: single-objective GA + calib",
           "random": "random search, same budget", "taylor_nsga2": "search: NSGA-II + taylor_proxy (data-free)",
           "front_at_target": "ablation: default keeping the NSGA-II front (proxy, MACs, params) at the target",
@@ -67,7 +82,10 @@ LABELS = {"default": "search: NSGA-II + calib (default)", "ga": "search: single-
           "previous_ga": "ablation: GA, Taylor channels, highest proxy (earlier default)",
           "previous_random": "ablation: random search, Taylor channels, highest proxy (earlier default)",
           "plain_nsga2": "ablation: NSGA-II + calib before repair, seeds, adaptive BN",
-          "global_taylor": "global Taylor (min)", "global_l1": "global L1 (min)", "uniform_l1": "uniform L1"}
+          "global_taylor": "global Taylor (min)", "global_l1": "global L1 (min)", "uniform_l1": "uniform L1",
+          "lean": "search, cheap: 6 generations, 2 BN batches, 3 finalists x 25 steps by training loss, winner continued",
+          "uniform_l1_matched": "uniform L1, fine-tuned to the cheap search's compute",
+          "global_l1_matched": "global L1, fine-tuned to the cheap search's compute"}
 FITNESSES: dict[str, list[str] | None] = {  # proxy -> overrides; calib proxies also give <name>_neg_loss (-loss)
     "taylor_proxy": ["fitness=taylor_proxy", "importance=taylor"],  # the paper's data-free proxy
     "calib": ["fitness=calib", "fitness.params.adaptive_bn=false"],
@@ -121,8 +139,14 @@ def baseline_path(args, model: str) -> Path:
     return (args.out / "checkpoints" / f"{model}-{args.spec['dataset']}.pt").resolve()
 
 
-def common(args, model: str, seed: int) -> list[str]:
-    """Everything that fixes the data, the baseline and the fine-tune recipe of one model."""
+def cell_name(model: str, target: float, epochs: int | None = None) -> str:
+    """`<model>@<target>`, with `-ft<epochs>` for a longer-fine-tune cell."""
+    return f"{model}@{target:g}" + (f"-ft{epochs}" if epochs else "")
+
+
+def common(args, model: str, seed: int, epochs: int | None = None) -> list[str]:
+    """Everything that fixes the data, the baseline and the fine-tune recipe of one model
+    (`epochs`: a longer-fine-tune cell's)."""
     spec = args.spec
     limit = lambda v: "null" if v is None else str(v)  # noqa: E731
     return [f"model={model}", *spec["models"][model]["overrides"], f"dataset={spec['dataset']}",
@@ -131,7 +155,7 @@ def common(args, model: str, seed: int) -> list[str]:
             f"trainer.epochs={spec['baseline_epochs']}", f"seed={seed}", f"baseline={baseline_path(args, model)}",
             f"paths.checkpoints={(args.out / 'checkpoints').resolve()}", f"paths.output_root={(args.out / 'runs').resolve()}",
             "logger.mode=disabled", f"device={args.device}", "train_if_missing=true",
-            f"finetune.epochs={spec['finetune_epochs']}", f"finetune.batch_size={spec['finetune_batch_size']}"]
+            f"finetune.epochs={epochs or spec['finetune_epochs']}", f"finetune.batch_size={spec['finetune_batch_size']}"]
 
 
 def search_budget(args, fitness_overrides: Sequence[str]) -> list[str]:

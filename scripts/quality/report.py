@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 from quality.fidelity import correlations, study_files, study_name
 from quality.finalists import render_short_vs_full, short_vs_full
-from quality.protocol import ARMS, LABELS
+from quality.compute import item_compute
+from quality.protocol import ARMS, LABELS, MATCHED_ARMS, MATCHED_TO
 
 SIMPLE = ("uniform_l1", "global_taylor", "global_l1", "random")  # the hand-set / unguided arms
 
@@ -18,11 +19,13 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
     arms: dict[str, dict[str, Any]] = {}
     items = [read_json(path) for path in sorted((args.out / "items").glob("*@*/*.json"))]
     for row in items:
-        cell = arms.setdefault(f"{row['model']}@{row['target']:g}", {}).setdefault(row["arm"], {
+        if row["model"] in baselines:
+            row.update(item_compute(row, args.spec, baselines[row["model"]]["sizes"], baselines[row["model"]]["macs"]))
+        cell = arms.setdefault(row.get("cell") or f"{row['model']}@{row['target']:g}", {}).setdefault(row["arm"], {
             "seeds": [], "test_acc": [], "macs_reduction": [], "params_reduction": [], "val_acc_before_finetune": [],
-            "keep_counts": [], "seconds": []})
+            "keep_counts": [], "seconds": [], "compute_macs": [], "compute_source": []})
         for key in cell:
-            cell[key].append(row["seed"] if key == "seeds" else row[key])
+            cell[key].append(row["seed"] if key == "seeds" else row.get(key))
     spec = args.spec
     finalists_table = short_vs_full(items)
     studies = {}
@@ -51,13 +54,15 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
         "baselines": {m: b["test_acc"] for m, b in baselines.items()},
         "baseline_details": baselines,
         "arms": {key: {arm: {k: cell[k] for k in ("test_acc", "macs_reduction", "params_reduction",
-                                                  "val_acc_before_finetune", "seeds", "keep_counts", "seconds")}
+                                                  "val_acc_before_finetune", "seeds", "keep_counts", "seconds",
+                                                  "compute_macs", "compute_source")}
                        for arm, cell in sorted(cells.items(), key=arm_order)} for key, cells in sorted(arms.items())},
         "fidelity": {name: {"kendall_tau": c["kendall_tau"], "spearman": c["spearman"]}
                      for name, c in first.get("correlations", {}).items()},
         "fidelity_studies": studies,
     }
     results["goal"] = goal_check(results["arms"])
+    results["compute_goal"] = compute_goal(results["arms"])
     results["finalists_short_vs_full"] = finalists_table
     write_json(args.results.with_suffix(".json"), results)
     text = render(results)
@@ -121,6 +126,39 @@ def goal_check(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def mean_margin(cells: dict[str, Any], arm: str, rival: str) -> dict[str, Any]:
+    """`arm`'s mean test accuracy minus `rival`'s, and per seed on the seeds both have."""
+    import statistics
+
+    mine, theirs = (dict(zip(cells[a]["seeds"], cells[a]["test_acc"])) for a in (arm, rival))
+    return {"arm": arm, "mean": statistics.fmean(mine.values()), "seeds": sorted(mine), "rival": rival,
+            "rival_mean": statistics.fmean(theirs.values()), "rival_seeds": sorted(theirs),
+            "margin": statistics.fmean(mine.values()) - statistics.fmean(theirs.values()),
+            "per_seed_margin": {seed: mine[seed] - theirs[seed] for seed in sorted(mine) if seed in theirs}}
+
+
+def compute_goal(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Issue #21's goals for the cheap search (MATCHED_TO): >= 0.5 points above the best
+    compute-matched one-shot arm; in a -ft<epochs> cell >= 0.5 above the best of uniform / global
+    L1; its compute <= 1.5x uniform L1's (means over seeds)."""
+    import statistics
+
+    out: dict[str, Any] = {}
+    for key, cells in arms.items():
+        if MATCHED_TO not in cells:
+            continue
+        rivals = [a for a in (MATCHED_ARMS if "-ft" not in key else ("uniform_l1", "global_l1")) if a in cells]
+        goal: dict[str, Any] = {}
+        if rivals:
+            best = max(rivals, key=lambda a: statistics.fmean(cells[a]["test_acc"]))
+            goal["accuracy"] = mean_margin(cells, MATCHED_TO, best)
+        if "uniform_l1" in cells and None not in cells[MATCHED_TO]["compute_macs"] + cells["uniform_l1"]["compute_macs"]:
+            ratio = statistics.fmean(cells[MATCHED_TO]["compute_macs"]) / statistics.fmean(cells["uniform_l1"]["compute_macs"])
+            goal["compute_ratio_to_uniform_l1"] = ratio
+        out[key] = goal
+    return out
+
+
 def render(results: dict[str, Any]) -> str:
     import statistics
 
@@ -135,16 +173,22 @@ def render(results: dict[str, Any]) -> str:
              f"{p['population']} x {p['generations']} generations, calib on {p['calib_samples']} val images; finalists: "
              f"{p.get('finalist_steps', '-')}-step KD fine-tune each, scored on all val images. Every arm: "
              f"KD fine-tune {p['finetune_epochs']} epoch(s), batch {p['finetune_batch_size']}.", "",
-             "| model @ target | method | test acc % (mean ± std) | per seed | MACs red. % | params red. % | "
-             "val acc before FT % |", "|---|---|---|---|---|---|---|"]
+             "Compute: TMACs spent per arm and seed (search or one-shot plan + fine-tune, counted by "
+             "`gaprune.engine.compute`; * recounted from an item written before the library counted), and its "
+             "mean as a multiple of uniform L1's in the cell.", "",
+             "| model @ target | method | test acc % (mean ± std) | per seed | compute TMACs (per seed) | x uniform L1 "
+             "| MACs red. % | params red. % | val acc before FT % |", "|---|---|---|---|---|---|---|---|---|"]
     for key, cells in results["arms"].items():
         model = key.split("@")[0]
-        lines.append(f"| {key} | baseline | {100 * results['baselines'].get(model, float('nan')):.2f} | | | | |")
+        uniform = cells.get("uniform_l1", {}).get("compute_macs") or [None]
+        lines.append(f"| {key} | baseline | {100 * results['baselines'].get(model, float('nan')):.2f} | | | | | | |")
         for arm, cell in cells.items():
             per_seed = ", ".join(f"s{seed} {100 * v:.2f}" for seed, v in zip(cell["seeds"], cell["test_acc"]))
             lines.append(f"| {key} | {LABELS.get(arm, arm)} | {pm(cell['test_acc'])} | {per_seed} | "
+                         f"{compute_cell(cell)} | {ratio_cell(cell['compute_macs'], uniform)} | "
                          f"{pm(cell['macs_reduction'], 1)} | "
                          f"{pm(cell['params_reduction'], 1)} | {pm(cell['val_acc_before_finetune'])} |")
+    lines += render_compute_goal(results.get("compute_goal", {}))
     if results.get("goal"):
         lines += ["", "## Goal: the default search's mean >= 0.5 points above the best simple pruner "
                       f"({', '.join(LABELS[a] for a in SIMPLE)})", "",
@@ -168,4 +212,36 @@ def render(results: dict[str, Any]) -> str:
                          f"{c['spearman_p']:.3f} | {c['n']} |")
     lines += ["", f"Command: `{p['command']}`"]
     return "\n".join(lines) + "\n"
+
+
+def compute_cell(cell: dict[str, Any]) -> str:
+    values = cell.get("compute_macs") or []
+    if not values or None in values:
+        return "-"
+    marks = ["*" if source == "recounted" else "" for source in cell.get("compute_source", [])]
+    return ", ".join(f"{v / 1e12:.2f}{m}" for v, m in zip(values, marks + [""] * len(values)))
+
+
+def ratio_cell(values: Sequence[float | None], reference: Sequence[float | None]) -> str:
+    import statistics
+
+    if not values or None in values or None in reference:
+        return "-"
+    return f"{statistics.fmean(values) / statistics.fmean(reference):.2f}x"
+
+
+def render_compute_goal(goals: dict[str, Any]) -> list[str]:
+    if not goals:
+        return []
+    lines = ["", f"## Compute goals (issue #21): {LABELS.get(MATCHED_TO, MATCHED_TO)}", "",
+             "| cell | vs | margin (mean) | per seed | compute / uniform L1 |", "|---|---|---|---|---|"]
+    for key, goal in goals.items():
+        acc = goal.get("accuracy")
+        ratio = goal.get("compute_ratio_to_uniform_l1")
+        seeds = ", ".join(f"s{seed} {100 * m:+.2f}" for seed, m in (acc or {}).get("per_seed_margin", {}).items())
+        vs = f"{LABELS.get(acc['rival'], acc['rival'])} {100 * acc['rival_mean']:.2f} ({len(acc['rival_seeds'])} seeds)" \
+            if acc else "-"
+        margin = f"{100 * acc['margin']:+.2f} ({len(acc['seeds'])} seeds)" if acc else "-"
+        lines.append(f"| {key} | {vs} | {margin} | {seeds} | {'-' if ratio is None else f'{ratio:.2f}x'} |")
+    return lines
 
