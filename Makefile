@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# the test extras (ONNX export, submitit launcher, Ray) once, on top of the lean install
+# the test extras (ONNX export, submitit launcher, Ray, timm) once, on top of the lean install
 TEST_STAMP := $(VENV)/.installed-test
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,export,cluster,ray]"
+	$(PY) -m pip install -q -e ".[dev,export,cluster,ray,timm]"
 	touch $(TEST_STAMP)
 
 quickstart: install  ## baseline (trained if missing) -> NSGA-II search -> KD fine-tune -> results table

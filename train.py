@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from gaprune.utils.errors import exit_on_user_error, hydra_entry
+from gaprune.utils.job import exit_on_user_error, hydra_entry
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -149,7 +149,7 @@ def write_item(path: Path, item: dict[str, Any]) -> None:
 
 def ensure_baseline(args, model: str) -> dict[str, Any]:
     from gaprune.engine.checkpoint import read_checkpoint
-    from gaprune.pipeline.setup import ensure_baseline as ensure
+    from gaprune.pipeline.train import ensure_baseline as ensure
 
     path = baseline_path(args, model)
     if not path.is_file():

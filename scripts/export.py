@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gaprune.utils.errors import exit_on_user_error  # noqa: E402
+from gaprune.utils.job import exit_on_user_error  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

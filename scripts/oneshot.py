@@ -6,7 +6,7 @@ python scripts/oneshot.py oneshot=lamp target_sparsity=0.9 model=vgg16 dataset=c
 import hydra
 from omegaconf import DictConfig
 
-from gaprune.utils.errors import exit_on_user_error, hydra_entry
+from gaprune.utils.job import exit_on_user_error, hydra_entry
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="oneshot")

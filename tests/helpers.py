@@ -1,8 +1,10 @@
 """Helpers shared by several test modules: running the entry points, small trained models."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,37 @@ def run_cli(script: str, *overrides: str, check: bool = True) -> subprocess.Comp
     if check and proc.returncode != 0:
         pytest.fail(f"{script} {' '.join(overrides)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def one_error(proc: subprocess.CompletedProcess, *named: str) -> str:
+    """Exit 2, no traceback, exactly one `gaprune: error:` line naming everything in `named`; returns it."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr + proc.stdout
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gaprune: error:")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    for text in named:
+        assert text in errors[0], errors[0]
+    return errors[0]
+
+
+def interrupted(script: str, overrides: list[str], saved, sig: int = signal.SIGINT) -> tuple[list[str], str]:
+    """Start `script`, send `sig` (Ctrl-C's SIGINT, or SIGTERM) once `saved()` finds its first
+    resumable state, and check it ends with exit 130 and no traceback; returns (its `gaprune:`
+    lines, stderr)."""
+    # default SIGINT in the child even when pytest itself runs in the background (`cmd &` ignores SIGINT,
+    # and an ignored signal stays ignored across exec)
+    proc = subprocess.Popen([sys.executable, str(REPO / script), *overrides], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(saved()):
+        time.sleep(0.05)
+    assert proc.poll() is None, f"{script} ended before its first state was saved"
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr + stdout
+    return [line for line in stderr.splitlines() if line.startswith("gaprune:")], stderr
 
 
 def baseline_of(root: Path, model: str = "lenet5", dataset: str = "digits") -> Path:

@@ -173,3 +173,32 @@ def test_report_has_one_fidelity_study_per_model_and_keeps_the_first_as_the_issu
     for name in accs:  # a scatter per study, shown in the Markdown
         assert (tmp_path / f"results-fidelity-{name}.png").stat().st_size > 0
         assert f"![{name}](results-fidelity-{name}.png)" in text
+
+
+def test_matched_steps_spend_up_to_the_reference_compute_and_no_more():
+    import sys
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from quality.compute import finetune_compute, matched_steps
+
+    spec, sizes = {"finetune_batch_size": 100}, {"train": 1000, "val": 200}  # 10 steps an epoch
+    student, teacher = 2.0, 10.0
+    two_epochs = finetune_compute(spec, sizes, student, teacher, 2)
+    assert two_epochs == 2000 * (3 * student + teacher) + 3 * 200 * student  # train + val before and after each epoch
+    budget = 5 + finetune_compute(spec, sizes, student, teacher, 3, 25)
+    epochs, steps = matched_steps(spec, sizes, budget, 5, student, teacher)
+    assert (epochs, steps) == (3, 25)
+    assert 5 + finetune_compute(spec, sizes, student, teacher, 3, 26) > budget
+    # a continued finalist's steps are not spent again
+    assert finetune_compute(spec, sizes, student, teacher, 2, skipped_steps=3) == two_epochs - 300 * (3 * student + teacher)
+
+
+@pytest.mark.parametrize("flag, value, message", [("--targets", "0.6", "--targets [0.6] not in protocol cifar10"),
+                                                  ("--seeds", "7", "--seeds [7] not in protocol cifar10"),
+                                                  ("--finetune-epochs", "3", "--finetune-epochs [3] not in protocol")])
+def test_subsets_outside_the_protocol_are_errors_not_empty_tables(flag, value, message, capsys):
+    bench = load_script()
+    with pytest.raises(SystemExit) as exit_info:
+        bench.parse_args(["--protocol", "cifar10", "--models", "resnet20", flag, value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from gaprune.data.datasets import DATASETS, load_dataset
-from gaprune.models import MODELS, TORCHVISION_PREFIX, build_model
+from gaprune.models import EXTERNAL_PREFIXES, MODELS, build_model
 from gaprune.oneshot import PRUNERS, build_pruner
 from gaprune.pipeline.search import SEARCHERS
 from gaprune.pipeline.setup import plain, train_config
@@ -27,6 +27,9 @@ CONF = REPO / "conf"
 REGISTERED = {"model": MODELS, "dataset": DATASETS, "importance": IMPORTANCES, "encoding": ENCODINGS,
               "fitness": FITNESSES, "optimizer": OPTIMIZERS, "searcher": SEARCHERS, "oneshot": PRUNERS}
 DEPRECATED = {("encoding", "weight_mask")}  # alias of searcher=layerwise_weight_mask, one release
+# options that name a user's class: composed with one (their YAML leaves `_target_` mandatory)
+TARGETS = {("model", "custom"): "model._target_=gaprune.models.lenet.LeNet5",
+           ("dataset", "custom"): "dataset._target_=mydata.Shapes"}
 
 
 def options(group: str) -> list[str]:
@@ -35,8 +38,9 @@ def options(group: str) -> list[str]:
 
 def composed(group: str, option: str, primary: str = "search"):
     override = f"+{group}={option}" if group == "smoke" else f"{group}={option}"
+    target = [TARGETS[group, option]] if (group, option) in TARGETS else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(primary, overrides=[override], return_hydra_config=group == "hydra")
+        return compose(primary, overrides=[override, *target], return_hydra_config=group == "hydra")
 
 
 def test_every_group_folder_is_covered() -> None:
@@ -53,9 +57,12 @@ def test_registered_groups_name_an_entry_that_constructs(group: str, option: str
     if (group, option) in DEPRECATED:
         SEARCHERS.get("layerwise_weight_mask").options(**params)
         return
-    registered = name in REGISTERED[group] or (group == "model" and name.startswith(TORCHVISION_PREFIX))
+    registered = name in REGISTERED[group] or (group == "model" and name.startswith(EXTERNAL_PREFIXES)) or \
+        (group == "dataset" and name.startswith("custom."))
     assert registered, f"conf/{group}/{option}.yaml names unregistered '{name}'"
     if group == "model":
+        if name.startswith("timm."):
+            pytest.importorskip("timm")  # the optional gaprune[timm] extra
         assert isinstance(build_model(name, 10, 3, 32, **params), torch.nn.Module)
         assert isinstance(section.include_linear, bool)
     elif group == "dataset":  # constructing loads the data: check the arguments bind instead

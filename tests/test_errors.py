@@ -5,17 +5,14 @@ no run dir left behind."""
 from __future__ import annotations
 
 import json
-import signal
 import struct
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from helpers import REPO, baseline_of, run_cli
+from helpers import REPO, baseline_of, interrupted, one_error, run_cli
 
 FAST = ["trainer.epochs=1", "logger.mode=disabled"]  # the recipe of this module's baseline
 
@@ -86,11 +83,7 @@ def test_train_records_its_config(workspace):
 
 # --- one line, exit 2, nothing written --------------------------------------------------------------
 def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str, root: Path) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    assert "Traceback" not in proc.stderr + proc.stdout
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("gaprune: error:")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    assert expected in errors[0], errors[0]
+    one_error(proc, expected)
     assert not list(root.rglob("*.pt")), "a checkpoint was written"
     assert not list(root.rglob(".hydra")), "a run dir was left behind"
 
@@ -145,34 +138,17 @@ def test_recorded_config_mismatch_is_one_line(workspace, tmp_path):
 
 
 # --- Ctrl-C, resume, finetune.py against its search dir ---------------------------------------------
-def interrupted(script: str, overrides: list[str], saved) -> tuple[list[str], str]:
-    """Start `script`, send SIGINT once `saved()` finds its first resumable state, and check it ends
-    with exit 130 and no traceback; returns (its `gaprune:` lines, stderr)."""
-    # default SIGINT in the child even when pytest itself runs in the background (`cmd &` ignores SIGINT,
-    # and an ignored signal stays ignored across exec)
-    proc = subprocess.Popen([sys.executable, str(REPO / script), *overrides], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list(saved()):
-        time.sleep(0.05)
-    assert proc.poll() is None, f"{script} ended before its first state was saved"
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "Traceback" not in stderr + stdout
-    return [line for line in stderr.splitlines() if line.startswith("gaprune:")], stderr
-
-
 def test_ctrl_c_is_one_line_and_resume_leaves_no_extra_run_dir(workspace, tmp_path):
     out = tmp_path / "out"
     where = [f"paths.checkpoints={workspace / 'ck'}", f"paths.output_root={out}", *FAST]
     common = [*where, "seed=3", "optimizer.params.population=8", "fitness.calib_samples=64",  # seed: another run seed
               "then_finetune=false"]
-    lines, stderr = interrupted("search.py", [*common, "optimizer.params.generations=40"], lambda: out.rglob("state.json"))
+    started = [*common, "optimizer.params.generations=40"]
+    lines, stderr = interrupted("search.py", started, lambda: out.rglob("state.json"))
     (run,) = (out / "search").iterdir()
     generation = json.loads((run / "state.json").read_text())["generation"]
-    assert lines == [f"gaprune: interrupted after generation {generation}; resume with resume={run}"], stderr[-2000:]
+    again = " ".join(["python search.py", *started, f"resume={run}"])  # the exact command that continues it
+    assert lines == [f"gaprune: interrupted after generation {generation}; resume with {again}"], stderr[-2000:]
     assert generation < 40 and not (run / "search_summary.json").exists()
 
     run_cli("search.py", *common, "optimizer.params.generations=" + str(generation + 1), f"resume={run}")

@@ -78,6 +78,10 @@ def test_results_table_has_latency_columns(lenet):
     plain = markdown_table([{k: v for k, v in row.items() if k in list(row)[:11]}],
                            {k: baseline[k] for k in ("val_acc", "test_acc", "macs", "params")})
     assert "latency" not in plain  # latency off: the table as before
+    assert f"ms ±{50 * row_timing['latency_spread']:.0f}% |" in lines[3]  # the machine's noise is stated
+    slower = {**row, "speedup": 0.8, "throughput_speedup": 1.5}
+    assert " 0.80x (slower) | " in markdown_table([slower], baseline) and "1.50x (slower)" not in markdown_table(
+        [slower], baseline)
 
 
 def test_lut_prediction_is_monotone_in_width(lenet, lenet_lut):
@@ -258,12 +262,13 @@ def test_latency_benchmark_reports_fit_and_picks(tmp_path):
 def test_paper_report_shows_speedup_columns():
     report = _script("report")
     row = {"method": "nsga2", "test_acc": 0.9, "test_acc_delta": -0.01, "macs_reduction": 0.7, "params_reduction": 0.6,
-           "latency_ms": 1.0, "speedup": 2.5, "throughput_speedup": 3.0}
-    text = report.table([row], {"test_acc": 0.91, "latency_ms": 2.5}, "t")
+           "latency_ms": 1.0, "speedup": 2.5, "throughput_speedup": 3.0, "source": "run", "seed": 0,
+           "baseline": {"test_acc": 0.91, "latency_ms": 2.5}}
+    text = report.group_table([row], "t")
     lines = text.splitlines()
     assert "speedup" in lines[2] and lines[4].endswith("| 2.500 | - | - |") and lines[5].endswith("| 2.50x | 3.00x |")
-    assert "speedup" not in report.table([{k: v for k, v in row.items() if "latency" not in k and "speedup" not in k}],
-                                         {"test_acc": 0.91}, "t")
+    plain = {k: v for k, v in row.items() if "latency" not in k and "speedup" not in k}
+    assert "speedup" not in report.group_table([{**plain, "baseline": {"test_acc": 0.91}}], "t")
 
 
 def test_lut_times_a_grouped_unit_at_its_real_widths() -> None:

@@ -72,7 +72,7 @@ def test_lenet5_handles_28x28_and_classic_geometry() -> None:
 def test_vgg_paper_head_and_small_inputs() -> None:
     model = build_model("vgg16", 100, 3, 32, head="paper", dropout=0.3)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(512, 4096), (4096, 4096),
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(512, 4096), (4096, 4096),
                                                                   (4096, 100)]
     assert output_layer(model) is linears[-1]
     assert sum(isinstance(m, nn.Dropout) and m.p == 0.3 for m in model.modules()) == 2

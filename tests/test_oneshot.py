@@ -282,7 +282,7 @@ def test_entry_point_global_taylor_and_lamp(trained, tmp_path):  # noqa: F811
     assert config.oneshot.params.importance == "taylor" and config.importance.name == "l1"  # global *Taylor*
     table = (run / "results.md").read_text()
     assert table.splitlines()[0].startswith("| plan | pick | search proxy | val acc | test acc | Δ test acc | MACs | "
-                                            "MACs red. | params | params red. | latency b1 | speedup |")
+                                            "MACs red. | params | params red. | compute | latency b1 | speedup |")
     assert "| min | global_taylor | - |" in table
     row = json.loads((run / "results.json").read_text())["results"][0]
     assert row["macs_reduction"] >= 0.6 and row["macs"] == row["predicted_macs"] and row["test_acc"] > 0.8

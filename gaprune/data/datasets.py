@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -17,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from gaprune.utils.errors import GapruneError
+from gaprune.data.custom import load_custom
+from gaprune.data.splits import DataBundle, RawDataset, TensorSplit  # noqa: F401  (re-exported)
 from gaprune.utils.registry import Registry
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -24,53 +25,7 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 
 
-@dataclass
-class TensorSplit:
-    """One split: x (N,C,H,W) uint8 or float32 in [0,1], y (N,) int64."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def subset(self, idx: torch.Tensor) -> "TensorSplit":
-        return TensorSplit(self.x[idx], self.y[idx])
-
-
-@dataclass
-class DataBundle:
-    """All splits plus what models and loaders need to know about them."""
-
-    train: TensorSplit
-    val: TensorSplit
-    test: TensorSplit
-    num_classes: int
-    in_channels: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    name: str
-    hflip: bool = False  # horizontal flips are label-preserving (CIFAR), not for digits
-    crop_padding: int = 4  # zero padding of the random-crop augmentation
-    classes: tuple[str, ...] = ()  # class names where the dataset has them (imagefolder)
-
-
-@dataclass
-class _Raw:
-    """What a registered loader returns: the official train/test splits plus metadata."""
-
-    train: TensorSplit
-    test: TensorSplit
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    hflip: bool
-    crop_padding: int
-    classes: tuple[str, ...] = ()
-
-
-DATASETS: Registry[Callable[[str, bool], _Raw]] = Registry("dataset")
+DATASETS: Registry[Callable[[str, bool], RawDataset]] = Registry("dataset")
 
 
 def _shared_prepare_script() -> str:
@@ -125,21 +80,37 @@ def check_limit(label: str, value: int | None) -> None:
         raise GapruneError(f"{label}={value!r} must be a positive integer or null")
 
 
+def _loader(name: str, options: dict) -> Callable[..., "RawDataset"]:
+    """The loader of a registered dataset, or of `custom.<module>.<Class>` (any map-style torch
+    Dataset, `gaprune.data.custom`) with its `options`."""
+    if name.startswith("custom.") and name not in DATASETS:
+        allowed = [k for k in inspect.signature(load_custom).parameters if k not in ("name", "data_dir", "download")]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise GapruneError(f"dataset '{name}' has no option '{unknown[0]}'; valid options: {', '.join(allowed)}")
+        return functools.partial(load_custom, name, **options)
+    fn = DATASETS.get(name)
+    if options:
+        raise GapruneError(f"dataset '{name}' has no option(s) {', '.join(sorted(options))}")
+    return fn
+
+
 def load_dataset(name: str, data_dir: str = "data", download: bool = False,
                  val_fraction: float = 0.1, seed: int = 0, train_limit: int | None = None,
-                 test_limit: int | None = None, image_size: int | None = None) -> DataBundle:
+                 test_limit: int | None = None, image_size: int | None = None, **options) -> DataBundle:
     """Load a dataset with a validation split held out of train (test is never used for
     selection). `train_limit` caps the training pool *before* the validation hold-out, so
     train+val == train_limit; subsets and the split are stratified and seeded.
 
     `image_size` is passed to loaders that take it (`imagefolder`, default 32); datasets with a
-    fixed geometry (digits, mnist, cifar) reject a different value."""
+    fixed geometry (digits, mnist, cifar) reject a different value. `options`: the loader's own
+    (custom datasets: split_arg, splits, kwargs, hflip)."""
     if not isinstance(val_fraction, (int, float)) or not 0.0 < val_fraction <= 0.5:
         raise GapruneError(f"val_fraction={val_fraction!r} must be in (0, 0.5]")
     check_limit("train_limit", train_limit)
     check_limit("test_limit", test_limit)
     check_limit("image_size", image_size)
-    fn = DATASETS.get(name)
+    fn = _loader(name, options)
     if image_size is not None and "image_size" in inspect.signature(fn).parameters:
         raw = fn(str(data_dir), bool(download), image_size=image_size)
     else:
@@ -150,6 +121,11 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False,
                 f"dataset '{name}' has a fixed image size of {native}, not image_size={image_size}; "
                 "image_size only applies to imagefolder"
             )
+    labels = int(torch.unique(raw.train.y).numel())
+    if min(raw.num_classes, labels) < 2:
+        where = f" under '{data_dir}'" if name == "imagefolder" else ""
+        raise GapruneError(f"dataset '{name}'{where} has {min(raw.num_classes, labels)} class; a classifier needs "
+                           "at least 2 (imagefolder: one sub-folder per class)")
     gen = torch.Generator().manual_seed(int(seed))
     pool, test = raw.train, raw.test
     if train_limit is not None and train_limit < len(pool):
@@ -173,7 +149,7 @@ def load_dataset(name: str, data_dir: str = "data", download: bool = False,
 
 
 @DATASETS.register("digits")
-def _load_digits(data_dir: str, download: bool) -> _Raw:
+def _load_digits(data_dir: str, download: bool) -> RawDataset:
     """scikit-learn's bundled 8x8 digits, upsampled once to 32x32 so LeNet-5 fits; a fixed
     stratified 20% test split (random_state=0) independent of the run seed."""
     from sklearn.datasets import load_digits
@@ -187,12 +163,12 @@ def _load_digits(data_dir: str, download: bool) -> _Raw:
                               stratify=y.numpy())
     tr, te = torch.as_tensor(tr), torch.as_tensor(te)
     mean, std = x[tr].mean().item(), x[tr].std().item()
-    return _Raw(TensorSplit(x[tr].contiguous(), y[tr]), TensorSplit(x[te].contiguous(), y[te]),
+    return RawDataset(TensorSplit(x[tr].contiguous(), y[tr]), TensorSplit(x[te].contiguous(), y[te]),
                 10, (mean,), (std,), hflip=False, crop_padding=2)
 
 
 @DATASETS.register("mnist")
-def _load_mnist(data_dir: str, download: bool) -> _Raw:
+def _load_mnist(data_dir: str, download: bool) -> RawDataset:
     """MNIST padded by 2 px of zeros to 32x32 (classic LeNet-5 geometry)."""
     from torchvision.datasets import MNIST
 
@@ -212,11 +188,11 @@ def _load_mnist(data_dir: str, download: bool) -> _Raw:
             raise _not_found("mnist", data_dir, download, err) from None
         x = F.pad(ds.data.unsqueeze(1), (2, 2, 2, 2)).contiguous()
         splits.append(TensorSplit(x, ds.targets.to(torch.int64)))
-    return _Raw(splits[0], splits[1], 10, MNIST_MEAN, MNIST_STD, hflip=False, crop_padding=2)
+    return RawDataset(splits[0], splits[1], 10, MNIST_MEAN, MNIST_STD, hflip=False, crop_padding=2)
 
 
 def _load_cifar(name: str, data_dir: str, download: bool, num_classes: int,
-                mean: Sequence[float], std: Sequence[float]) -> _Raw:
+                mean: Sequence[float], std: Sequence[float]) -> RawDataset:
     """CIFAR via torchvision; offline files rebuilt by prepare.py have other md5s, so
     download=False uses a subclass that only checks that the files exist."""
     import pickle
@@ -245,7 +221,7 @@ def _load_cifar(name: str, data_dir: str, download: bool, num_classes: int,
             ) from None
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         splits.append(TensorSplit(x, torch.as_tensor(ds.targets, dtype=torch.int64)))
-    return _Raw(splits[0], splits[1], num_classes, tuple(mean), tuple(std), hflip=True,
+    return RawDataset(splits[0], splits[1], num_classes, tuple(mean), tuple(std), hflip=True,
                 crop_padding=4)
 
 
@@ -309,7 +285,7 @@ def _channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...
 
 
 @DATASETS.register("imagefolder")
-def _load_imagefolder(data_dir: str, download: bool, image_size: int = 32) -> _Raw:
+def _load_imagefolder(data_dir: str, download: bool, image_size: int = 32) -> RawDataset:
     """Any RGB classification dataset in torchvision's ImageFolder layout:
     `<data_dir>/train/<class>/*` and `<data_dir>/test/<class>/*` (classes sorted by name, as
     ImageFolder numbers them; test may hold a subset of the train classes).
@@ -357,5 +333,5 @@ def _load_imagefolder(data_dir: str, download: bool, image_size: int = 32) -> _R
         x = _read_images([p for p, _ in files], image_size)
         raw.append(TensorSplit(x, torch.tensor([y for _, y in files], dtype=torch.int64)))
     mean, std = _channel_stats(raw[0].x)
-    return _Raw(raw[0], raw[1], len(classes), mean, std, hflip=True,
+    return RawDataset(raw[0], raw[1], len(classes), mean, std, hflip=True,
                 crop_padding=max(1, image_size // 8), classes=tuple(classes))

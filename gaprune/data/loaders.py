@@ -139,3 +139,77 @@ class capped:
                     return
             if done == before:
                 return  # empty loader
+
+
+# --- a user's own batches (the Python API: any iterable of (inputs, targets), e.g. a DataLoader) ---
+def _pair(batch, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise GapruneError(f"{where} must yield (inputs, targets) batches, got a {type(batch).__name__}")
+    x, y = batch[0], batch[1]
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise GapruneError(f"{where} must yield (inputs, targets) tensors, got ({type(x).__name__}, {type(y).__name__})")
+    return x, y
+
+
+def gather(batches: Iterable, limit: int | None = None, where: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `limit` samples (None: all) of an iterable of (inputs, targets) batches, as two CPU
+    tensors. One pass; stops reading once `limit` samples are in."""
+    check_limit(where, limit)
+    xs, ys, count = [], [], 0
+    for batch in batches:
+        x, y = _pair(batch, where)
+        xs.append(x.detach().cpu())
+        ys.append(y.detach().cpu())
+        count += int(x.shape[0])
+        if limit is not None and count >= limit:
+            break
+    if not xs:
+        raise GapruneError(f"{where} yielded no batches")
+    return torch.cat(xs)[:limit], torch.cat(ys)[:limit]
+
+
+def split_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, device: str | torch.device = "cpu",
+                  limit: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """In-order batches of `batch_size` over the first `limit` samples (None: all), on `device`."""
+    n = len(y) if limit is None else min(len(y), int(limit))
+    x, y, size = x[:n], y[:n], int(batch_size)
+    return [(x[i:i + size].to(device), y[i:i + size].to(device)) for i in range(0, n, size)]
+
+
+class BatchStream:
+    """A user's iterable of (inputs, targets) batches as a re-iterable on `device`: each pass
+    iterates `source` again (a DataLoader: one epoch); with `batch_size`, its samples are regrouped
+    into batches of that size (the last one may be smaller). `set_epoch` is passed on when the source has one."""
+
+    def __init__(self, source: Iterable, device: str | torch.device = "cpu", batch_size: int | None = None,
+                 where: str = "train_data") -> None:
+        self.source, self.device, self.batch_size, self.where = source, torch.device(device), batch_size, where
+
+    def __len__(self) -> int:
+        if self.batch_size is not None or not hasattr(self.source, "__len__"):
+            raise TypeError(f"{self.where} has no length")
+        return len(self.source)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        for target in (self.source, getattr(self.source, "sampler", None)):
+            if hasattr(target, "set_epoch"):
+                target.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.batch_size is None:
+            for batch in self.source:
+                x, y = _pair(batch, self.where)
+                yield x.to(self.device), y.to(self.device)
+            return
+        xs: list[torch.Tensor] = []
+        ys: list[torch.Tensor] = []
+        for batch in self.source:
+            x, y = _pair(batch, self.where)
+            xs.append(x)
+            ys.append(y)
+            while sum(int(t.shape[0]) for t in ys) >= self.batch_size:
+                x, y = torch.cat(xs), torch.cat(ys)
+                yield x[:self.batch_size].to(self.device), y[:self.batch_size].to(self.device)
+                xs, ys = [x[self.batch_size:]], [y[self.batch_size:]]
+        if ys and sum(int(t.shape[0]) for t in ys):
+            yield torch.cat(xs).to(self.device), torch.cat(ys).to(self.device)

@@ -77,6 +77,7 @@ class Timing:
     number: int  # calls per timed block
     repeats: int
     clock: str = "wall"
+    spread: float = 0.0  # (slowest - fastest block) / the reported time: how noisy the machine was
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,8 +97,12 @@ def clock_threads(clock: str = "wall") -> int:
 
 
 def timer_for(fn: Callable[[], Any], clock: str):
-    """A torch.utils.benchmark Timer of `fn()` (imported here: importing it costs ~1.5 s and, on a
-    machine with a CUDA toolkit but no driver, prints a warning into every run)."""
+    """A torch.utils.benchmark Timer of `fn()` (imported here: importing it costs ~1.5 s). Importing
+    it imports `torch.utils.cpp_extension`, which warns "No CUDA runtime is found" on a machine with a
+    CUDA toolkit but no driver: nothing here compiles extensions, so that logger is quietened."""
+    import logging
+
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import benchmark
 
     extra = {"timer": time.thread_time} if clock == "cpu" else {}
@@ -109,13 +114,19 @@ def time_callable(fn: Callable[[], Any], warmup: int = 3, repeats: int = 7, min_
     """(median seconds per call, calls per block) of `fn` with torch.utils.benchmark; `clock=cpu`
     times the calling thread's CPU time on 1 thread (time lost to other processes is not counted);
     `stat=min` takes the fastest block instead of the median (benchmarks on a noisy machine)."""
+    means, number = block_means(fn, warmup, repeats, min_block_s, clock)
+    return float(min(means) if stat == "min" else statistics.median(means)), number
+
+
+def block_means(fn: Callable[[], Any], warmup: int = 3, repeats: int = 7, min_block_s: float = 0.01,
+                clock: str = "wall") -> tuple[list[float], int]:
+    """(seconds per call of each of `repeats` timed blocks, calls per block) of `fn`."""
     timer = timer_for(fn, clock)
     for _ in range(max(0, warmup)):
         fn()
     first = timer.timeit(1).mean
     number = max(1, int(min_block_s / max(first, 1e-7)))
-    means = [timer.timeit(number).mean for _ in range(max(1, repeats))]
-    return float(min(means) if stat == "min" else statistics.median(means)), number
+    return [float(timer.timeit(number).mean) for _ in range(max(1, repeats))], number
 
 
 def inference_call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
@@ -163,10 +174,12 @@ def measure_latency(model: nn.Module, example: torch.Tensor, batch: int, device:
     x = torch.randn((int(batch), *example.shape[1:]), generator=generator).to(device)
     model.eval().to(device)
     try:
-        seconds, number = time_callable(inference_call(model, x), warmup, repeats, min_block_s, clock, stat)
+        means, number = block_means(inference_call(model, x), warmup, repeats, min_block_s, clock)
     finally:
         model.train(was_training).to(old_device)
-    return Timing(seconds, int(batch), clock_threads(clock), device_name(device), number, int(repeats), clock)
+    seconds = float(min(means) if stat == "min" else statistics.median(means))
+    spread = (max(means) - min(means)) / seconds if seconds > 0 else 0.0
+    return Timing(seconds, int(batch), clock_threads(clock), device_name(device), number, int(repeats), clock, spread)
 
 
 def latency_fields(model: nn.Module, example: torch.Tensor, device, settings: LatencySettings) -> dict[str, Any]:
@@ -185,6 +198,8 @@ def latency_fields(model: nn.Module, example: torch.Tensor, device, settings: La
         "threads": single.threads,
         "latency_device": single.device,
         "latency_clock": single.clock,
+        "latency_spread": single.spread,
+        "throughput_spread": many.spread,
     }
 
 

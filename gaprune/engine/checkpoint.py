@@ -3,7 +3,9 @@
 A pruned model is stored as state_dict + plan and rebuilt (baseline architecture -> physical
 pruning by the plan -> load weights), never unpickled as a module. A weight-masked (unstructured)
 model is stored as its dense state_dict with the masked weights at zero plus the SparsePlan JSON
-under "sparse_plan"; it is rebuilt dense, loaded, and its masks re-applied.
+under "sparse_plan"; it is rebuilt dense, loaded, and its masks re-applied. Every checkpoint
+carries a sha256 of its tensors and values (`gaprune.utils.io.with_digest`), checked at load: a
+file whose bytes changed after it was written is refused in one line.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from gaprune.pruning.physical import prune_model
 from gaprune.pruning.plan import Plan, SparsePlan
 from gaprune.pruning.units import discover_units
 from gaprune.utils.errors import GapruneError
-from gaprune.utils.io import atomic_torch_save, read_torch_file
+from gaprune.utils.io import atomic_torch_save, check_digest, read_torch_file, with_digest
 
 BASELINE = "gaprune-baseline"
 PRUNED = "gaprune-pruned"
@@ -47,14 +49,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], pl
     }
     if plan is not None:
         payload["sparse_plan" if sparse else "plan"] = plan.to_json()
-    atomic_torch_save(payload, path)
+    atomic_torch_save(with_digest(payload), path)
 
 
 def read_checkpoint(path: str | Path, hint: str = "") -> dict[str, Any]:
     """Load and validate a gaprune checkpoint file (`read_torch_file`: no code is ever unpickled)."""
-    payload = read_torch_file(path, "checkpoint", hint or "delete it and re-create it with gaprune (train.py / finetune.py)")
+    fix = hint or "delete it and re-create it with gaprune (train.py / finetune.py)"
+    payload = read_torch_file(path, "checkpoint", fix)
     if not isinstance(payload, dict) or payload.get("format") not in (BASELINE, PRUNED, SPARSE) or "state_dict" not in payload:
-        raise GapruneError(f"'{path}' is not a gaprune checkpoint (no format/state_dict); re-create it with train.py")
+        held = " (it holds a training state, not a model)" if isinstance(payload, dict) and "optimizer" in payload else ""
+        raise GapruneError(f"'{path}' is not a gaprune checkpoint (no format/state_dict){held}; re-create it with train.py")
+    check_digest(payload, path, "checkpoint", fix)
     return payload
 
 

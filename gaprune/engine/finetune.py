@@ -35,11 +35,18 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _speedup(value: float) -> str:
+    """A speedup, flagged when the pruned model measured slower than the baseline."""
+    return f"{value:.2f}x" + (" (slower)" if value < 1.0 else "")
+
+
 def _latency_cells(r: dict[str, Any], base: bool) -> str:
+    """Latency (± half the range of its timed blocks: the machine's noise), speedups, throughput."""
     if r.get("latency_ms") is None:
         return " - | - | - | - |"
-    speedup, throughput_speedup = ("-", "-") if base else (f"{r['speedup']:.2f}x", f"{r['throughput_speedup']:.2f}x")
-    return f" {r['latency_ms']:.3f} ms | {speedup} | {r['throughput']:.0f} | {throughput_speedup} |"
+    speedup, throughput_speedup = ("-", "-") if base else (_speedup(r["speedup"]), _speedup(r["throughput_speedup"]))
+    spread = f" ±{50 * r['latency_spread']:.0f}%" if r.get("latency_spread") is not None else ""
+    return f" {r['latency_ms']:.3f} ms{spread} | {speedup} | {r['throughput']:.0f} | {throughput_speedup} |"
 
 
 def markdown_table(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
@@ -169,6 +176,7 @@ class FinetuneJob:
                     "kd": bool(self.kd), "compute_macs": compute.total, "compute_macs_by_phase": compute.to_json(),
                     **(extra or {})})
         save_checkpoint(directory / f"pruned-{tag}.pt", copy.deepcopy(student).cpu(), ck_meta, plan=plan)
+        self.logger.artifact(directory / f"pruned-{tag}.pt")
         self.rows.append(row)
         write_json(directory / "results.json", {"baseline": self.baseline, "results": self.rows, **self.header})
         write_csv(directory / "results.csv", self.rows)
@@ -191,6 +199,7 @@ class FinetuneJob:
         table = markdown_table(self.rows, self.baseline)
         atomic_write_text(self.directory / "results.md", table)
         self.logger.summary({k: self.rows[0][k] for k in summary_keys if k in self.rows[0]} if self.rows else {})
+        self.logger.table("results", self.rows)
         self.logger.finish()
         print(table)
         return table

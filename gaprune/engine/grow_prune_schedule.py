@@ -32,7 +32,7 @@ from gaprune.engine.training import TrainConfig, evaluate, make_optimizer, train
 from gaprune.pruning.physical import count_macs_params, prune_model
 from gaprune.pruning.plan import Plan
 from gaprune.pruning.units import discover_units
-from gaprune.utils.io import atomic_torch_save, read_torch_file
+from gaprune.utils.io import atomic_torch_save, read_torch_dict, with_digest
 
 
 @dataclass
@@ -74,8 +74,9 @@ def grow_and_prune(seed_layers: Layers, rebuild: Callable[[Layers], nn.Module], 
     initial = {"epoch": 0, "phase": "seed", **cost_fields(initial_model, layers, example_input)}
     history: list[dict[str, Any]] = []
     cumulative: dict[str, torch.Tensor] = {}
-    state = read_torch_file(state_path, "grow-and-prune state", "delete it to restart from epoch 0") \
-        if state_path.is_file() else None
+    state = read_torch_dict(state_path, "grow-and-prune state", "delete it to restart from epoch 0",
+                            ("layers", "model", "optimizer", "scheduler", "rng", "history", "cum_gamma", "plan")) \
+        if state_path.exists() else None
     if state is not None:
         layers, history = list(state["layers"]), list(state["history"])
         model = rebuild(layers).to(device)
@@ -131,10 +132,11 @@ def grow_and_prune(seed_layers: Layers, rebuild: Callable[[Layers], nn.Module], 
                            val_acc_after_prune=evaluate(model, val_batches)["acc"])
         row.update(cost_fields(model, layers, x0))
         history.append(row)
-        atomic_torch_save({"layers": list(layers), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "history": history,
-                           "cum_gamma": cumulative, "plan": plan.to_json() if plan is not None else None,
-                           "prune_info": prune_info}, state_path)
+        atomic_torch_save(with_digest({"layers": list(layers), "model": model.state_dict(),
+                                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                       "rng": torch.get_rng_state(), "history": history, "cum_gamma": cumulative,
+                                       "plan": plan.to_json() if plan is not None else None,
+                                       "prune_info": prune_info}), state_path)
         if on_epoch is not None:
             on_epoch(row)
     return GrowPruneResult(model, layers, history, initial, plan, prune_info)

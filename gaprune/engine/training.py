@@ -155,6 +155,9 @@ def train(
     return history
 
 
+TRAINING_STATE = ("model", "optimizer", "scheduler", "rng", "history")  # what a per-epoch state file holds
+
+
 def train_with_state(model: nn.Module, train_batches, val_batches, config: TrainConfig, state_path: Path,
                      teacher: nn.Module | None = None, on_epoch: Callable[[dict[str, float]], None] | None = None,
                      desc: str = "train", after_step: Callable[[], None] | None = None,
@@ -166,20 +169,20 @@ def train_with_state(model: nn.Module, train_batches, val_batches, config: Train
     `warm_start` ({"model", "optimizer", "steps"}: the state after the first `steps` batches of
     epoch 0 with this recipe, e.g. a finalist's short fine-tune) continues from there instead of
     starting over; used only while no epoch has been saved."""
-    from gaprune.utils.io import atomic_torch_save, read_torch_file
+    from gaprune.utils.io import atomic_torch_save, read_torch_dict, with_digest
 
     optimizer, scheduler = make_optimizer(model, config)
     history: list[dict[str, Any]] = []
     skip = 0
-    if warm_start is not None and not state_path.is_file():
+    if warm_start is not None and not state_path.exists():
         model.load_state_dict(warm_start["model"])
         optimizer.load_state_dict(warm_start["optimizer"])
         for group, lr in zip(optimizer.param_groups, scheduler.base_lrs):  # its own schedule ended; ours goes on
             group["lr"] = lr
         skip = int(warm_start["steps"])
         print(f"{desc}: continuing the finalist's fine-tune after its {skip} steps")
-    if state_path.is_file():
-        state = read_torch_file(state_path, "training state", "delete it to restart from epoch 0")
+    if state_path.exists():  # a directory or a file of another kind there is one line, before any training
+        state = read_torch_dict(state_path, "training state", "delete it to restart from epoch 0", TRAINING_STATE)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -190,9 +193,9 @@ def train_with_state(model: nn.Module, train_batches, val_batches, config: Train
 
     def save(row: dict[str, Any]) -> None:
         history.append(row)
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "history": history},
-                          state_path)
+        atomic_torch_save(with_digest({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                                       "history": history}), state_path)
         if on_epoch is not None:
             on_epoch(row)
 

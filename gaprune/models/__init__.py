@@ -1,4 +1,7 @@
-"""Model zoo: name -> builder registry, plus torchvision fallback.
+"""Model zoo: name -> builder registry, plus models from outside the package by name prefix:
+`torchvision.<fn>` (any torchvision classifier), `timm.<name>` (any timm model, the optional
+`gaprune[timm]` extra) and `custom.<module>.<Class>` (any nn.Module class on PYTHONPATH). Those
+builders are imported only when such a name is built.
 
 Our own models use functional ops for parameterless layers and one distinct module per
 Conv2d/Linear/BatchNorm2d, so torch-pruning's dependency graph and MACs counters see every
@@ -6,32 +9,15 @@ layer exactly once.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
+from gaprune.models import lenet, mobilenetv2, resnet_cifar, vgg  # noqa: F401  (they register into MODELS)
+from gaprune.models._registry import EXTERNAL, EXTERNAL_PREFIXES, MODELS, Builder, init_weights
 from gaprune.utils.errors import GapruneError
-from gaprune.utils.registry import Registry
-
-Builder = Callable[..., nn.Module]
-
-MODELS: Registry[Builder] = Registry("model")
-
-TORCHVISION_PREFIX = "torchvision."
-
-
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convs, unit BN: the usual CIFAR init, shared by all our models."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
 
 def _check_kwargs(name: str, builder: Builder, kwargs: dict[str, Any]) -> None:
     """Reject keyword arguments the builder does not declare (a typo must not pass silently)."""
@@ -50,20 +36,22 @@ def _check_kwargs(name: str, builder: Builder, kwargs: dict[str, Any]) -> None:
 
 def build_model(name: str, num_classes: int, in_channels: int, image_size: int,
                 **kwargs: Any) -> nn.Module:
-    """Build a registered model, or `torchvision.<fn>` for any torchvision classifier."""
+    """Build a registered model, or one named by a prefix of `EXTERNAL`: `torchvision.<fn>`,
+    `timm.<name>` or `custom.<module>.<Class>`."""
     if num_classes < 1 or in_channels < 1 or image_size < 1:
         raise GapruneError(
             f"model '{name}': num_classes={num_classes}, in_channels={in_channels}, "
             f"image_size={image_size} must all be positive"
         )
-    if name not in MODELS and name.startswith(TORCHVISION_PREFIX):
-        from gaprune.models.torchvision_models import build_torchvision
-
-        return build_torchvision(name, num_classes, in_channels, image_size, kwargs)
+    prefix = next((p for p in EXTERNAL if name.startswith(p)), None)
+    if name not in MODELS and prefix is not None:
+        module, builder_name = EXTERNAL[prefix]
+        return getattr(importlib.import_module(module), builder_name)(name, num_classes, in_channels, image_size, kwargs)
     if name not in MODELS:
         raise GapruneError(
-            f"unknown model '{name}'; choose one of: {', '.join(MODELS.names())} "
-            f"or torchvision.<name> (e.g. torchvision.resnet18)"
+            f"unknown model '{name}'; choose one of: {', '.join(MODELS.names())}, torchvision.<name> "
+            f"(e.g. torchvision.resnet18), timm.<name> (e.g. timm.resnet18) or custom.<module>.<Class> "
+            f"(model=custom model._target_=<module>.<Class>)"
         )
     builder = MODELS.get(name)
     _check_kwargs(name, builder, kwargs)
@@ -81,7 +69,4 @@ def output_layer(model: nn.Module) -> nn.Module:
     return (linears or convs)[-1]
 
 
-# Registration side effects; imported last because the modules import MODELS from here.
-from gaprune.models import lenet, mobilenetv2, resnet_cifar, vgg  # noqa: E402,F401
-
-__all__ = ["MODELS", "build_model", "output_layer", "init_weights"]
+__all__ = ["MODELS", "EXTERNAL_PREFIXES", "build_model", "output_layer", "init_weights"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gaprune.models import MODELS, init_weights
+from gaprune.models._registry import MODELS, init_weights
 from gaprune.utils.errors import GapruneError
 
 CFGS: dict[str, list[int | str]] = {

@@ -22,6 +22,7 @@ from gaprune.pruning.plan import Plan, SparsePlan
 from gaprune.pruning.units import PrunableUnit
 from gaprune.engine.compute import Compute
 from gaprune.pruning.importance import IMAGE_PASSES
+from gaprune.utils.checks import check_fraction
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.registry import Registry
 
@@ -86,26 +87,6 @@ class OneshotResult:
     @property
     def structured(self) -> bool:
         return isinstance(self.plan, Plan)
-
-
-def check_fraction(label: str, value: Any) -> float:
-    """A fraction in (0, 1) or one clear error line."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise GapruneError(f"{label}={value!r} is out of range; use a fraction in (0, 1), e.g. "
-                           f"{'0.6' if 'macs' in label else '0.9'}")
-    return float(value)
-
-
-def check_choice(label: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise GapruneError(f"{label}={value!r} is not one of: {', '.join(choices)}")
-    return str(value)
-
-
-def check_int(label: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise GapruneError(f"{label}={value!r} must be a whole number >= {minimum}")
-    return int(value)
 
 
 class Pruner:

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from gaprune.oneshot.base import OneshotContext, OneshotResult, PRUNERS, check_fraction, check_int
+from gaprune.oneshot.base import OneshotContext, OneshotResult, PRUNERS
+from gaprune.utils.checks import check_fraction, check_int
 from gaprune.oneshot.unstructured import Unstructured, keep_budget, layer_weights
 from gaprune.pruning.masking import apply_masks_permanently, masked_weights
 from gaprune.utils.errors import GapruneError

@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch.nn as nn
 
-from gaprune.oneshot.base import OneshotContext, OneshotResult, PRUNERS, Pruner, check_choice, check_int
+from gaprune.oneshot.base import OneshotContext, OneshotResult, PRUNERS, Pruner
+from gaprune.utils.checks import check_choice, check_int
 from gaprune.pruning.allocation import normalised, removal_order
 from gaprune.pruning.importance import bn_gammas, unit_channel_mean
 from gaprune.pruning.plan import Plan

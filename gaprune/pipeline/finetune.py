@@ -9,19 +9,34 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gaprune.engine.checkpoint import example_input, load_model
 from gaprune.engine.compute import Compute
 from gaprune.engine.finetune import FinetuneJob
 from gaprune.pipeline.latency import latency_pick, latency_settings
-from gaprune.pipeline.setup import check_dataset, loader, make_logger, open_run, plain, train_config, train_loader
+from gaprune.pipeline.records import FINALISTS, RESULTS, check_states, read_finalists, read_results, search_output
+from gaprune.pipeline.runconfig import given_keys, resume_with, saved_config, snapshot
+from gaprune.pipeline.setup import (
+    check_dataset,
+    loader,
+    make_logger,
+    open_run,
+    plain,
+    resolve_resume,
+    run_dir,
+    train_config,
+    train_loader,
+    validate_run_config,
+)
+from gaprune.pipeline.training_state import epochs_done
 from gaprune.pruning.plan import plan_from_json
 from gaprune.pruning.units import PrunableUnit, discover_units
 from gaprune.search.finalists import winner_state
 from gaprune.search.picks import PICKS, pick_plans
 from gaprune.utils.errors import GapruneError, Interrupted
-from gaprune.utils.io import read_json
+from gaprune.utils.io import read_record
+from gaprune.utils.lock import releasing
 
 RESUMABLE = ("results.json", "state-*.pt")  # a finetune run dir: finished rows, or a plan's per-epoch state
 
@@ -40,9 +55,10 @@ def open_job(cfg: DictConfig, directory: Path, teacher: nn.Module, meta: dict[st
     test_batches = loader(bundle, "test", ft.eval_batch_size, device)
     teacher = teacher.to(device)
     logger = make_logger(cfg, directory, job_type)
-    done = read_json(directory / "results.json")["results"] if (directory / "results.json").is_file() else []
+    done = read_results(directory / RESULTS)
+    header = {"model": meta["model"]["name"], "dataset": meta["data"]["name"], "seed": int(cfg.seed), **(header or {})}
     return FinetuneJob(train_config(ft), bool(ft.kd), directory, teacher, meta, list(units), x0, device, train_batches,
-                       val_batches, test_batches, logger, pick, dict(header or {}), [r for r in done if r["pick"] == pick],
+                       val_batches, test_batches, logger, pick, header, [r for r in done if r["pick"] == pick],
                        latency=latency_settings(cfg))
 
 
@@ -55,13 +71,15 @@ def chosen_records(search_dir: Path, pick: str, target: float | None) -> list[di
         raise GapruneError(f"'{search_dir}' is not a finished search run (no pareto.json); run search.py first "
                            "or give search_dir=<a search run dir>")
     if pick == "best":  # the best score may lie off the proxy/MACs front
-        return [read_json(search_dir / "best_plan.json")]
+        return [search_output(search_dir, "best_plan.json")]
     if pick == "target_latency":  # the latency pick lies off the proxy/MACs front too
         return latency_pick(search_dir)
-    finalists = search_dir / "finalists.json"
-    if pick == "target_macs" and finalists.is_file() and read_json(finalists)["target"] == target:
-        return [read_json(search_dir / "picks.json")["target_macs"]]  # re-ranked by a short fine-tune
-    return pick_plans(read_json(pareto_path), pick, target)
+    finalists = read_finalists(search_dir / FINALISTS)
+    if pick == "target_macs" and finalists is not None and finalists["target"] == target:
+        picks = search_output(search_dir, "picks.json")  # the target pick re-ranked by a short fine-tune
+        if "target_macs" in picks:
+            return [picks["target_macs"]]
+    return pick_plans(search_output(search_dir, "pareto.json"), pick, target)
 
 
 def finetune_recipe(cfg: DictConfig) -> dict[str, Any]:
@@ -114,12 +132,45 @@ def check_search_dir(cfg: DictConfig, search_dir: Path, summary: dict[str, Any])
                                    f"model.params.{key}={ours.get(key)!r}; pass model.params.{key}={kwargs.get(key)!r}")
 
 
+def own_search_dir(cfg: DictConfig) -> Path:
+    """finetune.py's search run: search_dir=, else a resumed fine-tune's own, else the newest."""
+    given = cfg.get("search_dir")
+    if given in (None, "", "latest") and cfg.get("resume") not in (None, False, "false"):
+        saved = saved_config(resolve_resume(cfg, run_dir(), RESUMABLE, "finetune")[0]) or {}
+        given = saved.get("search_dir") or given
+    return resolve_search_dir(given, Path(cfg.paths.output_root))
+
+
+def adopt_search_setup(cfg: DictConfig, search_dir: Path) -> None:
+    """model= and dataset= the user did not give on the command line are the search run's own (its
+    saved config); outside a Hydra job nothing is adopted (check_search_dir then compares)."""
+    given = given_keys()
+    saved = saved_config(search_dir) if given is not None and "experiment" not in given else None
+    if not saved:
+        return
+    ours = snapshot(cfg)
+    for group in ("model", "dataset"):
+        if group not in given and isinstance(saved.get(group), dict) and saved[group] != ours.get(group):
+            with open_dict(cfg):
+                cfg[group] = saved[group]
+            print(f"{group}={saved[group].get('name')}: the search run's own (search_dir={search_dir})")
+
+
+@releasing
 def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Path | None = None) -> list[dict[str, Any]]:
     """Fine-tune the `pick` of a search run; `directory` given (then_finetune) or from resume=."""
-    search_dir = resolve_search_dir(search_dir or cfg.get("search_dir"), Path(cfg.paths.output_root))
-    summary = read_json(search_dir / "search_summary.json")
+    if directory is None:  # finetune.py: its own run dir (resume=), model / dataset from the search unless given
+        validate_run_config(cfg)
+        search_dir = own_search_dir(cfg)
+        adopt_search_setup(cfg, search_dir)
+    else:
+        search_dir = resolve_search_dir(search_dir, Path(cfg.paths.output_root))
+    summary = read_record(search_dir / "search_summary.json", "search summary", "rerun the search")
     check_search_dir(cfg, search_dir, summary)
-    run = open_run(cfg, () if directory is not None else RESUMABLE, "finetune", directory=directory, data=False)
+    run = open_run(cfg, () if directory is not None else RESUMABLE, "finetune", directory=directory, data=False,
+                   resolve=lambda saved: {"search_dir": str(search_dir.resolve())})
+    check_states(run.directory)
+    records = chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction)
     teacher, meta, _ = load_model(summary["baseline"])
     check_dataset(meta, cfg, summary["baseline"], f"the search used it: pass dataset={meta['data']['name']}")
     job = open_job(cfg, run.directory, teacher, meta, run.load_data(), run.device, "finetune", cfg.pick,
@@ -127,7 +178,7 @@ def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Pat
     resume_dir = run.directory if directory is None else search_dir  # then_finetune: resume the search run
     spent = Compute.from_json(summary.get("compute_macs_by_phase"))  # what the search cost
     with stopped_cleanly(run.directory, resume_dir):
-        for record in chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction):
+        for record in records:
             if job.done(record["id"]):
                 continue  # finished before an interruption
             job.run(plan_from_json(record["plan"]), record["id"], search_proxy=record["proxy"],
@@ -143,9 +194,7 @@ def stopped_cleanly(directory: Path, resume_dir: Path):
     try:
         yield
     except KeyboardInterrupt:
-        from gaprune.pipeline.train import epochs_done
-
         states = sorted(Path(directory).glob("state-*.pt"), key=lambda p: p.stat().st_mtime)
         where = (f"after epoch {epochs_done(states[-1])} of fine-tuning {states[-1].stem[len('state-'):]}"
                  if states else "during the fine-tune")
-        raise Interrupted(f"interrupted {where}; resume with resume={resume_dir}") from None
+        raise Interrupted(f"interrupted {where}; resume with {resume_with(resume_dir)}") from None

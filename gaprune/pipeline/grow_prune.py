@@ -22,6 +22,7 @@ from gaprune.engine.training import evaluate
 from gaprune.models import build_model
 from gaprune.pipeline import setup
 from gaprune.pipeline.setup import loader, make_logger, model_spec, open_run, plain, train_config, train_loader
+from gaprune.pipeline.training_state import done_baseline, hold_baseline, stopped_training
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.io import write_csv, write_json
 from gaprune.utils.plots import plot_grow_prune
@@ -50,6 +51,7 @@ def run_grow_prune(cfg: DictConfig, directory: Path | None = None) -> dict[str, 
     gp.validate(config.epochs)
     run = open_run(cfg, directory=directory)
     path, directory, device, bundle, spec = _baseline(cfg), run.directory, run.device, run.bundle, model_spec(cfg)
+    state_path = hold_baseline(cfg, path)  # one process per baseline; a rerun resumes only the same config
     kwargs = dict(spec["kwargs"])
     seed_model = run.build_untrained()  # resolves the width multiplier into plain widths
     widths = iter(int(conv.out_channels) for conv in seed_model.convs)
@@ -71,13 +73,14 @@ def run_grow_prune(cfg: DictConfig, directory: Path | None = None) -> dict[str, 
     meta: dict[str, Any] = {"data": {"name": bundle.name, "num_classes": bundle.num_classes,
                                      "in_channels": bundle.in_channels, "image_size": bundle.image_size}}
     logger = make_logger(cfg, directory, "train")
-    state_path = Path(f"{path}.state")
-    state_path.parent.mkdir(parents=True, exist_ok=True)
-    result = grow_and_prune(seed_layers, rebuild, train_batches, val_batches, score_batches, config, gp, state_path,
-                            example_input(meta), device,
-                            on_epoch=lambda row: logger.log({k: v for k, v in row.items() if not isinstance(v, list)},
-                                                            step=int(row["epoch"])),
-                            desc=f"grow-prune {spec['name']}")
+    try:
+        result = grow_and_prune(seed_layers, rebuild, train_batches, val_batches, score_batches, config, gp, state_path,
+                                example_input(meta), device,
+                                on_epoch=lambda row: logger.log({k: v for k, v in row.items() if not isinstance(v, list)},
+                                                                step=int(row["epoch"])),
+                                desc=f"grow-prune {spec['name']}")
+    except KeyboardInterrupt:
+        raise stopped_training(state_path, path) from None
     model = result.model
     val = evaluate(model, val_batches)
     test = evaluate(model, loader(bundle, "test", trainer.eval_batch_size, device))
@@ -94,7 +97,7 @@ def run_grow_prune(cfg: DictConfig, directory: Path | None = None) -> dict[str, 
     if record is not None:
         meta["train_config"] = record(cfg)
     save_checkpoint(path, model.cpu(), meta)
-    state_path.unlink(missing_ok=True)
+    done_baseline(state_path)
     rows = [result.initial, *result.history]
     write_json(directory / "history.json", rows)
     write_csv(directory / "history.csv", [{k: "-".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()}

@@ -85,9 +85,9 @@ def latency_picks(cfg: DictConfig, records: list[dict[str, Any]]) -> dict[str, d
 
 def latency_pick(search_dir: Path) -> list[dict[str, Any]]:
     """The target_latency pick (with its plan) of a finished search run, from picks.json."""
-    from gaprune.utils.io import read_json
+    from gaprune.pipeline.records import search_output
 
-    picks = read_json(search_dir / "picks.json") if (search_dir / "picks.json").is_file() else {}
+    picks = search_output(search_dir, "picks.json") if (search_dir / "picks.json").exists() else {}
     if "target_latency" not in picks:
         raise GapruneError(f"search '{search_dir}' has no target_latency pick; search with "
                            "objective.target_latency_reduction=<fraction> (and latency in optimizer.objectives)")

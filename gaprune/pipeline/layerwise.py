@@ -21,12 +21,14 @@ from gaprune.data.loaders import capped
 from gaprune.engine.checkpoint import load_model, save_checkpoint
 from gaprune.engine.training import evaluate, seed_everything, train
 from gaprune.pipeline.finetune import open_job
+from gaprune.pipeline.runconfig import resume_with
 from gaprune.pipeline.setup import loader, make_logger, open_run, plain, train_config, train_loader
+from gaprune.pipeline.train import ensure_baseline
 from gaprune.pruning.cost import SparseCostModel
 from gaprune.pruning.masking import apply_masks_permanently, sparse_layers
 from gaprune.search.layerwise import LayerwiseResult, WeightMaskConfig, layer_seed, resolve_layers, search_layers
-from gaprune.utils.errors import GapruneError
-from gaprune.utils.io import atomic_torch_save, read_torch_file, write_csv, write_json
+from gaprune.utils.errors import GapruneError, Interrupted
+from gaprune.utils.io import atomic_torch_save, read_torch_dict, write_csv, write_json
 from gaprune.utils.plots import plot_layerwise
 
 SEARCHER = "layerwise_weight_mask"
@@ -35,7 +37,8 @@ MODEL = "masked_model.pt"
 
 
 def read_state(path: Path, layers: list[str], seed: int) -> dict[str, Any]:
-    state = read_torch_file(path, "layer-wise search state", "delete the run dir and start again")
+    state = read_torch_dict(path, "layer-wise search state", "delete the run dir and start again",
+                            ("layers", "seed", "masks", "results", "rows", "state_dict"))
     if state.get("layers") != layers or state.get("seed") != int(seed):
         raise GapruneError(f"resume: '{path.parent}' searched layers {state.get('layers')} with seed {state.get('seed')}, "
                            f"not {layers} with seed {seed}; resume with the same searcher.params.layers and seed")
@@ -46,6 +49,7 @@ def run_layerwise_search(cfg: DictConfig) -> dict[str, Any]:
     config = WeightMaskConfig.from_params(plain(cfg.searcher.params))
     run = open_run(cfg, (STATE,), "layer-wise weight-mask search")
     directory, device, bundle = run.directory, run.device, run.bundle
+    ensure_baseline(cfg, run.directory)
     model = run.reference(units=False)
     baseline_path, meta, x0 = run.baseline_path, run.meta, run.x0
     layers = resolve_layers(model, config.layers, x0)
@@ -98,8 +102,13 @@ def run_layerwise_search(cfg: DictConfig) -> dict[str, Any]:
             return {"train_loss": history[-1]["train_loss"], "epochs": len(history)} if history else {}
 
     started = time.perf_counter() - sum(r["seconds"] + r["retrain_seconds"] for r in (done.layers if done else []))
-    result = search_layers(model, layers, calib, config, cfg.seed, retrain=retrain, done=done,
-                           on_generation=on_generation, on_layer=on_layer)
+    try:
+        result = search_layers(model, layers, calib, config, cfg.seed, retrain=retrain, done=done,
+                               on_generation=on_generation, on_layer=on_layer)
+    except KeyboardInterrupt:
+        finished = len(read_state(directory / STATE, layers, cfg.seed)["masks"]) if (directory / STATE).exists() else 0
+        raise Interrupted(f"interrupted after {finished} of {len(layers)} layers; " + (
+            f"resume with {resume_with(directory)}" if finished else "nothing to resume, start the search again")) from None
     seconds = time.perf_counter() - started
     write_tables(result)
 

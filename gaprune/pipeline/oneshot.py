@@ -11,11 +11,14 @@ from omegaconf import DictConfig
 from gaprune.engine.compute import Compute, counting
 from gaprune.oneshot import OneshotContext, Pruner, build_pruner
 from gaprune.pipeline.finetune import open_job, stopped_cleanly
+from gaprune.pipeline.records import check_states, fields
 from gaprune.pipeline.setup import open_run, plain
+from gaprune.pipeline.train import ensure_baseline
 from gaprune.pruning.cost import CostModel
 from gaprune.pruning.plan import Plan, plan_from_json
-from gaprune.utils.errors import GapruneError
-from gaprune.utils.io import atomic_torch_save, read_json, read_torch_file, write_json
+from gaprune.utils.errors import GapruneError, Interrupted
+from gaprune.utils.io import atomic_torch_save, read_record, read_torch_file, write_json
+from gaprune.utils.lock import releasing
 
 PLAN = "plan.json"
 WEIGHTS = "start-weights.pt"
@@ -30,13 +33,35 @@ def pruner_from_config(cfg: DictConfig) -> Pruner:
                         target_sparsity=cfg.get("target_sparsity"), **(plain(section.get("params")) or {}))
 
 
+def plan_shape(value: Any) -> str | None:
+    if not isinstance(value, dict) or not ("units" in value or "layers" in value):
+        return "not a plan (no units or layers)"
+    return None
+
+
+def saved_plan(directory: Path) -> tuple[Plan | Any, Compute, Any]:
+    """(plan, what finding it cost, start weights or None) of a one-shot run dir being resumed; a
+    damaged file there is one line, before any work."""
+    fix = "start a new run (resume cannot continue this one)"
+    plan = plan_from_json(read_record(directory / PLAN, "one-shot plan", fix, plan_shape))
+    info = read_record(directory / "oneshot.json", "one-shot record", fix, fields(("oneshot",))) \
+        if (directory / "oneshot.json").exists() else {}
+    check_states(directory)
+    weights = read_torch_file(directory / WEIGHTS, "fine-tune weights", "delete it to restart that plan") \
+        if (directory / WEIGHTS).exists() else None
+    return plan, Compute.from_json(info.get("compute_macs_by_phase")), weights
+
+
+@releasing
 def run_oneshot(cfg: DictConfig) -> dict[str, Any]:
     pruner = pruner_from_config(cfg)
     name = str(cfg.oneshot.name)
     run = open_run(cfg, (PLAN,), "oneshot")
     directory, device, bundle = run.directory, run.device, run.bundle
+    resumed = saved_plan(directory) if run.resuming else None
     if type(pruner).check_model is not Pruner.check_model:  # refuse before a baseline is trained
         pruner.check_model(run.build_untrained())
+    ensure_baseline(cfg, run.directory)
     teacher = run.reference()
     baseline_path, meta, x0, units = run.baseline_path, run.meta, run.x0, run.units
     job = open_job(cfg, directory, teacher, meta, bundle, device, "oneshot", name,
@@ -45,21 +70,20 @@ def run_oneshot(cfg: DictConfig) -> dict[str, Any]:
     teacher = job.teacher
     label = pruner.label()
 
-    weights = None
-    spent = Compute()
-    if run.resuming:
-        plan = plan_from_json(read_json(directory / PLAN))
-        if (directory / "oneshot.json").is_file():
-            spent = Compute.from_json(read_json(directory / "oneshot.json").get("compute_macs_by_phase"))
-        if (directory / WEIGHTS).is_file():
-            weights = read_torch_file(directory / WEIGHTS, "fine-tune weights", "delete it to restart that plan")
+    if resumed is not None:
+        plan, spent, weights = resumed
         print(f"resuming one-shot run {directory} ({name}, plan from {PLAN})")
     else:
+        spent = Compute()
         ctx = OneshotContext(model=teacher, units=units, example_input=x0, bundle=bundle, device=device,
                              seed=int(cfg.seed), cache_dir=Path(cfg.paths.checkpoints) / "cache",
                              checkpoint=Path(baseline_path), finetune=job.short_finetune, compute=spent)
-        with counting(teacher, meta["macs"], spent, "importance"):  # every pass of the baseline finding the plan
-            result = pruner.run(ctx)
+        try:
+            with counting(teacher, meta["macs"], spent, "importance"):  # every pass of the baseline finding the plan
+                result = pruner.run(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted(f"interrupted while {name} was finding its plan (nothing saved yet); start the run "
+                              "again") from None
         plan, weights = result.plan, result.weights
         write_json(directory / PLAN, plan.to_json())
         if weights is not None:

@@ -1,13 +1,14 @@
 """search.py's job. `searcher` picks what is searched:
 
 - `network` (default): baseline -> units -> importance (cached) -> optimizer over the encoding
-  with the fitness -> records, Pareto set, picks, plots; checkpointed every generation.
+  with the fitness -> records, Pareto set, picks, plots; checkpointed every generation. The
+  search itself (problem, optimizer, finalists, picks, compute) is `gaprune.pipeline.network`,
+  shared with the Python API (`gaprune.api`); this module adds the run dir, resume and files.
 - `layerwise_weight_mask`: unstructured, one layer at a time (`gaprune.pipeline.layerwise`).
 """
 from __future__ import annotations
 
 import copy
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -22,28 +23,36 @@ from tqdm.auto import tqdm
 from gaprune.data.loaders import capped
 from gaprune.engine.compute import Compute, format_macs
 from gaprune.engine.training import seed_everything
-from gaprune.oneshot.base import check_int
-from gaprune.pipeline.finetune import finetune_recipe, run_finetune
-from gaprune.pipeline.latency import latency_picks, search_latency_cost, validate_latency
+from gaprune.pipeline.finetune import run_finetune
+from gaprune.pipeline.latency import search_latency_cost, validate_latency
+from gaprune.pipeline.network import (  # noqa: F401
+    at_target,
+    build_search,
+    finalist_fitness_params,
+    search_objectives,
+    search_picks,
+    search_space_of,
+)
+from gaprune.pipeline.records import FINALISTS, RECORDS, STATE, check_states, read_finalists, read_search
+from gaprune.pipeline.runconfig import resume_with
 from gaprune.pipeline.setup import Run, loader, make_logger, open_run, plain
+from gaprune.pipeline.train import ensure_baseline
 from gaprune.pruning.cost import CostModel
-from gaprune.pruning.importance import IMAGE_PASSES, IMPORTANCES, cache_file, compute_importance
-from gaprune.search.encodings import Encoding, KeepRatioEncoding, build_encoding, validate_encoding
-from gaprune.search.finalists import METRICS as FINALIST_METRICS, rerank, select_finalists
+from gaprune.pruning.importance import IMPORTANCES, cache_file, compute_importance, importance_macs
+from gaprune.search.encodings import Encoding, validate_encoding
+from gaprune.search.finalists import METRICS as FINALIST_METRICS
 from gaprune.search.fitness import FITNESSES, Fitness
 from gaprune.search.layerwise import WeightMaskConfig
-from gaprune.search.optimizers import build_optimizer, optimizer_config
-from gaprune.search.picks import PICKS, knee, pareto_front, pick_plans
+from gaprune.search.optimizers import optimizer_config
+from gaprune.search.picks import PICKS
 from gaprune.search.problem import Objective, Problem, check_objectives
-from gaprune.search.target import TargetRepair, target_seeds
 from gaprune.search.workers import FitnessRecipe, WorkerPool, check_workers
+from gaprune.utils.checks import check_int
 from gaprune.utils.errors import GapruneError, Interrupted
-from gaprune.utils.io import read_json, write_csv, write_json
+from gaprune.utils.io import write_csv, write_json
+from gaprune.utils.lock import releasing
 from gaprune.utils.plots import plot_fitness, plot_keep_ratios, plot_pareto
 from gaprune.utils.registry import Registry
-
-STATE = "state.json"
-RECORDS = "evaluations.json"
 
 
 def generation_row(generation: int, population, problem: Problem, started: float) -> dict[str, Any]:
@@ -92,25 +101,22 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
     validate_search_config(cfg)
     run = open_run(cfg, (STATE,), "search")
     directory = run.directory
+    state, generations, saved = None, [], []
+    if run.resuming:  # damaged or inconsistent records are named before any work
+        state, saved, generations = read_search(directory)
+        read_finalists(directory / FINALISTS)
+        check_states(directory / "finetune")
+    ensure_baseline(cfg, run.directory)
     run.reference()
     baseline_path, meta, units = run.baseline_path, run.meta, run.units
     importance, encoding, cost = search_space(run)
-    spent = Compute()
-    spent.add("importance", importance_compute(run, cfg.importance))
     fitness = fitness_from_config(cfg.fitness, run, importance)
-    objective = Objective(**plain(cfg.objective))
-    repair, seeds = at_target(cfg, objective, encoding, cost, importance)
-    objectives = search_objectives(cfg, repair)
-    problem = Problem(encoding, fitness, cost, objective, objectives=objectives, repair=repair,
-                      latency=search_latency_cost(cfg, run, objectives))  # None unless latency is asked for
-    optimizer = build_optimizer(cfg.optimizer.name, problem, seeds=list(seeds.values()), **plain(cfg.optimizer.params))
+    search = build_search(cfg, encoding, cost, importance, fitness, importance_compute(run, cfg.importance),
+                          latency=lambda objectives: search_latency_cost(cfg, run, objectives))  # None unless asked for
+    problem, optimizer = search.problem, search.optimizer
 
-    state = None
-    generations: list[dict[str, Any]] = []
-    if run.resuming:
-        state = read_json(directory / STATE)
-        problem.restore(read_json(directory / RECORDS)[: state["records"]], state["cache_hits"])
-        generations = read_json(directory / "generations.json")[: state["generation"] + 1]
+    if state is not None:
+        problem.restore(saved, state["cache_hits"])
         print(f"resuming search in {directory} after generation {state['generation']}")
     seed_everything(cfg.seed)
 
@@ -135,7 +141,7 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
         print("optimizer.params.generations=0: only the initial population is evaluated")
     if state is None or state["generation"] < optimizer.config.generations:
         try:
-            optimizer.run(on_generation, state)
+            search.run(on_generation, state)  # closes the fitness (stops fitness.workers > 1) before the fine-tune
         except KeyboardInterrupt:
             bar.close()
             logger.finish()
@@ -143,18 +149,19 @@ def run_network_search(cfg: DictConfig) -> dict[str, Any]:
                 raise Interrupted("interrupted before the first generation finished; nothing to resume, "
                                   "start the search again") from None
             raise Interrupted(f"interrupted after generation {generations[-1]['generation']}; resume with "
-                              f"resume={directory}") from None
-        finally:
-            fitness.close()  # stops the workers of fitness.workers > 1 before the fine-tune
+                              f"{resume_with(directory)}") from None
     bar.close()
 
-    target_pick = finalist_pick(cfg, run, importance, problem, encoding, seeds, directory)
-    spent.add("proxy", problem.compute_macs)
-    if target_pick is not None:
-        spent.add("finalists", sum(row.get("compute_macs", 0) for row in read_json(directory / "finalists.json")["rows"]))
+    try:
+        target_pick = search.conclude(directory, lambda: finalist_fitness(cfg, run, importance))
+    except Interrupted:
+        raise Interrupted(f"interrupted during the finalists' fine-tunes; resume with {resume_with(directory)}") from None
     summary = finish_search(cfg, directory, problem, encoding, units, generations, baseline_path, meta, target_pick,
-                            spent)
-    logger.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+                            search.spent)
+    logger.summary({**{k: v for k, v in summary.items() if isinstance(v, (int, float))}, "picks": summary["picks"],
+                    "compute_macs_by_phase": summary["compute_macs_by_phase"]})
+    logger.table("evaluations", [{k: v for k, v in r.items() if k != "genome"} for r in problem.records])
+    logger.images({name: directory / f"{name}.png" for name in ("fitness", "pareto", "keep_ratios")})
     logger.finish()
     if cfg.then_finetune:
         summary["finetune"] = run_finetune(cfg, directory, directory / "finetune")
@@ -169,16 +176,11 @@ def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, 
     by phase (summary `compute_macs`, `compute_macs_by_phase`)."""
     spent = spent or Compute()
     records = problem.records
-    front = pareto_front(records)
+    front, picks = search_picks(cfg, records, target_pick)
 
     def with_plan(record: dict[str, Any]) -> dict[str, Any]:
         return {**record, "plan": encoding.decode(record["genome"]).to_json()}
 
-    picks = {"knee": knee(front), "best": pick_plans(records, "best")[0]}
-    target = cfg.objective.target_macs_reduction
-    if target is not None and any(r["macs_reduction"] >= target for r in records):
-        picks["target_macs"] = target_pick or pick_plans(records, "target_macs", target)[0]
-    picks.update(latency_picks(cfg, records))
     write_json(directory / "pareto.json", [with_plan(r) for r in front])
     write_json(directory / "picks.json", {name: with_plan(r) for name, r in picks.items()})
     write_json(directory / "best_plan.json", with_plan(picks["best"]))
@@ -260,10 +262,8 @@ def search_space(run: Run) -> tuple[dict[str, np.ndarray], Encoding, CostModel]:
     """(importance, encoding, cost model) of a run whose reference model is loaded: importance
     computed once on validation batches (cached by checkpoint), the configured encoding, and the
     encoding's cost model checked against physical pruning. Moves the model to the run's device."""
-    cfg, model = run.cfg, run.model
-    importance = run_importance(run, cfg.importance)
-    encoding = build_encoding(cfg.encoding.name, run.units, importance, model=model, **plain(cfg.encoding.params))
-    return importance, encoding, encoding.cost_model(model, run.x0, random.Random(cfg.seed))
+    importance = run_importance(run, run.cfg.importance)
+    return (importance, *search_space_of(run.cfg, run.model, run.units, run.x0, importance))
 
 
 def run_importance(run: Run, imp: DictConfig) -> dict[str, np.ndarray]:
@@ -280,12 +280,7 @@ def importance_compute(run: Run, imp: DictConfig) -> int:
     """MACs the `importance` option costs on the run's baseline (`gaprune.engine.compute`):
     Taylor's forward + backward over its validation batches; L1, BN-scale and random cost none.
     Counted whether or not the scores came from the cache."""
-    passes = IMAGE_PASSES.get(imp.name, 0)
-    if not passes:
-        return 0
-    available = len(run.bundle.val)
-    images = available if imp.calib_batches is None else min(available, int(imp.calib_batches) * int(imp.calib_batch_size))
-    return int(images * passes * run.meta["macs"])
+    return importance_macs(imp.name, len(run.bundle.val), imp.calib_batches, imp.calib_batch_size, run.meta["macs"])
 
 
 def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness | WorkerPool:
@@ -301,73 +296,17 @@ def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndar
     return recipe(device) if workers == 1 else WorkerPool(recipe, workers, gpu=device.type == "cuda")
 
 
-def finalist_pick(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray], problem: Problem, encoding,
-                  seeds: dict[str, list[float]], directory: Path) -> dict[str, Any] | None:
-    """pick=target_macs with finalists.count > 0: the highest-proxy plans at the target and the
-    one-shot seeds, re-ranked by a short fine-tune with the `finetune` recipe
-    (gaprune.search.finalists); None leaves the proxy's pick."""
-    target, fin = cfg.objective.target_macs_reduction, cfg.finalists
-    if cfg.pick != "target_macs" or target is None or not fin.count:
-        return None
-    seeded = [problem.record_of(problem.repair(list(genome)) if problem.repair else genome) for genome in seeds.values()]
-    finalists = select_finalists(problem.records, target, int(fin.count), seeded)
-    if len(finalists) < 2:
-        return None
-    fitness = finalist_fitness(cfg, run, importance)
-    ids = ", ".join(f"#{r['id']}" for r in finalists)
-    print(f"finalists: {len(finalists)} plans at the target ({ids}) re-ranked by a {fin.steps}-step fine-tune")
-    try:
-        winner = rerank(finalists, encoding.decode, fitness, directory / "finalists.json", target, fin.metric,
-                        base_macs=problem.cost.base_macs, recipe=finetune_recipe(cfg),
-                        states=directory / "finalists" if fin.continue_winner else None)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted during the finalists' fine-tunes; resume with resume={directory}") from None
-    print(f"finalists: #{winner['id']} wins (proxy {winner['proxy']:.4f}; highest proxy was #{finalists[0]['id']})")
-    return winner
-
-
 def finalist_fitness(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness:
     """The finalists' short fine-tune as a fitness: the `finetune` recipe capped at
     `finalists.steps` SGD steps (same seeded batches for every plan), scored on
     `finalists.calib_samples` validation images."""
     fin, ft = cfg.finalists, cfg.finetune
-    params = {k: v for k, v in finetune_recipe(cfg).items() if k not in ("seed", "augment")}
-    return FitnessRecipe("finetune", dict(params, steps=fin.steps), run.model, run.units, importance, run.bundle,
+    return FitnessRecipe("finetune", finalist_fitness_params(cfg), run.model, run.units, importance, run.bundle,
                          fin.calib_samples, ft.eval_batch_size, int(cfg.seed),
                          bool(cfg.dataset.augment))(torch.device(run.device))
 
 
-def search_objectives(cfg: DictConfig, repair: TargetRepair | None) -> list[str]:
-    """`optimizer.objectives`, or `optimizer.target_objectives` when genomes are repaired onto a
-    MACs target (that target is then a constraint met by construction, not an objective)."""
-    objectives = list(cfg.optimizer.objectives)
-    at_target = cfg.optimizer.get("target_objectives")
-    if repair is None or not at_target or list(at_target) == objectives:
-        return objectives
-    print(f"{cfg.optimizer.name} objectives at the target: {', '.join(at_target)} "
-          f"(optimizer.target_objectives; not {', '.join(objectives)})")
-    return list(at_target)
-
-
-def at_target(cfg: DictConfig, objective: Objective, encoding, cost, importance) -> tuple[TargetRepair | None, dict]:
-    """With objective.target_macs_reduction: the genome repair onto the target (keep-ratio
-    encodings, objective.repair_to_target) and the one-shot seeds of the first population
-    (optimizer.seed_with_oneshot)."""
-    target = objective.target_macs_reduction
-    if target is None or not objective.repair_to_target:
-        return None, {}
-    if not isinstance(encoding, KeepRatioEncoding):
-        print(f"note: encoding={cfg.encoding.name} has no keep ratios to repair onto the MACs target; "
-              "the target acts through objective.penalty only")
-        return None, {}
-    repair = TargetRepair(encoding, cost, target, objective.target_tolerance)
-    seeds = target_seeds(encoding, cost, importance, target) if cfg.optimizer.get("seed_with_oneshot") else {}
-    print(f"search at {target:.0%} fewer MACs: genomes repaired onto [{target:.3f}, "
-          f"{target + objective.target_tolerance:.3f}]" + (f"; first population seeded with {', '.join(seeds)}"
-                                                          if seeds else ""))
-    return repair, seeds
-
-
+@releasing
 def run_search(cfg: DictConfig) -> dict[str, Any]:
     cfg = translate_deprecated(cfg)
     return SEARCHERS.get(cfg.searcher.name).run(cfg)

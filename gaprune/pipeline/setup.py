@@ -4,7 +4,9 @@ baseline checkpoint, trained first when missing), its example input and prunable
 
 `gaprune.pipeline` is the only package that reads a `DictConfig`; everything below it takes
 plain values. `resolve_resume` is the one resume resolver (`resume=false|true|<run dir>`; a
-requeued cluster job resumes its own run dir).
+requeued cluster job resumes its own run dir); `open_run` then locks the run dir (one process per
+run, `gaprune.utils.lock`) and keeps its config (`gaprune.pipeline.runconfig`: a resumed run must
+have its own).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
@@ -24,8 +26,11 @@ from gaprune.data.loaders import make_loader
 from gaprune.engine.checkpoint import example_input, load_model
 from gaprune.engine.training import TrainConfig, resolve_device, seed_everything
 from gaprune.models import build_model
+from gaprune.pipeline.runconfig import flat, keep_config, normalised, snapshot
 from gaprune.pruning.units import PrunableUnit, discover_units
+from gaprune.utils.checks import check_bool, check_device, check_numbers, check_seed
 from gaprune.utils.errors import GapruneError
+from gaprune.utils.lock import LOCK, hold
 from gaprune.utils.tracking import RunLogger
 
 
@@ -106,21 +111,6 @@ TRAINER_KEYS_IGNORED = ("eval_batch_size",)
 NOT_COMPARED = ("seed",)  # recorded, but a search / fine-tune may use any run seed with a baseline
 
 
-def _number(value: Any) -> Any:
-    """1 and 1.0 are the same recipe (an override may spell either)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return value
-    return float(value)
-
-
-def _normalised(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _normalised(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_normalised(v) for v in value]
-    return _number(value)
-
-
 def _folder_classes(data_dir: Path) -> int | None:
     train = data_dir / "train"
     try:
@@ -153,7 +143,7 @@ def baseline_key(cfg: DictConfig) -> str:
     """A short stable hash of `training_config` (without the seed): two configs share a default
     baseline checkpoint exactly when they would train the same model."""
     record = {k: v for k, v in training_config(cfg).items() if k not in NOT_COMPARED}
-    text = json.dumps(_normalised(record), sort_keys=True, separators=(",", ":"))
+    text = json.dumps(normalised(record), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]
 
 
@@ -167,15 +157,6 @@ def baseline_path(cfg: DictConfig) -> Path:
     return Path(str(cfg.paths.checkpoints)) / f"{cfg.model.name}-{cfg.dataset.name}-{baseline_key(cfg)}.pt"
 
 
-def _flat(record: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(record, dict) or not record:
-        return {prefix: record}
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
 def check_training_config(meta: dict[str, Any], cfg: DictConfig, path: Path | str) -> None:
     """A baseline whose checkpoint records its training config (meta["train_config"]) must have
     been trained with this run's model / dataset / trainer settings; one line naming the first
@@ -183,10 +164,10 @@ def check_training_config(meta: dict[str, Any], cfg: DictConfig, path: Path | st
     recorded = meta.get("train_config")
     if not isinstance(recorded, dict):
         return
-    ours = _flat({k: v for k, v in training_config(cfg).items() if k not in NOT_COMPARED})
-    theirs = _flat({k: v for k, v in recorded.items() if k not in NOT_COMPARED})
+    ours = flat({k: v for k, v in training_config(cfg).items() if k not in NOT_COMPARED})
+    theirs = flat({k: v for k, v in recorded.items() if k not in NOT_COMPARED})
     for key in sorted(set(ours) | set(theirs)):
-        a, b = _normalised(theirs.get(key)), _normalised(ours.get(key))
+        a, b = normalised(theirs.get(key)), normalised(ours.get(key))
         if a == b or (key == "dataset.num_classes" and None in (a, b)):
             continue
         label = {"model.name": "model", "dataset.name": "dataset"}.get(key, key)
@@ -198,12 +179,6 @@ def check_training_config(meta: dict[str, Any], cfg: DictConfig, path: Path | st
 
 
 # --- up-front checks: before a baseline is trained or a file is written ----------------------------
-def _boolean(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key, default=None)
-    if value is not None and not isinstance(value, bool):
-        raise GapruneError(f"{key}={value!r} must be true or false")
-
-
 _ABSENT = object()
 
 
@@ -216,21 +191,22 @@ def _at_least(cfg: DictConfig, key: str, low: int, hint: str = "", null_ok: bool
 
 
 def validate_run_config(cfg: DictConfig) -> None:
-    """One line for a bad common option: seed, booleans, epochs, sample counts."""
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise GapruneError(f"seed={seed!r} must be an integer")
+    """One line for a bad common option: seed, device, booleans, epochs, sample counts, and every
+    number (finite; learning rates > 0: `gaprune.utils.checks.check_numbers`)."""
+    check_seed("seed", cfg.get("seed"))
+    check_device(cfg.get("device", "auto"))
     for key in ("train_if_missing", "then_finetune", "dataset.augment", "model.include_linear", "finetune.kd",
                 "objective.repair_to_target"):
-        _boolean(cfg, key)
+        check_bool(key, OmegaConf.select(cfg, key, default=None))
     _at_least(cfg, "trainer.epochs", 1)
     if cfg.get("task") == "finetune" or cfg.get("then_finetune") or cfg.get("task") == "oneshot":
         _at_least(cfg, "finetune.epochs", 1, " (then_finetune=false skips the fine-tune)")
         _at_least(cfg, "finetune.steps", 1, " (null: every epoch)", null_ok=True)
-    _at_least(cfg, "dataset.split_seed", 0, null_ok=True)
+    check_seed("dataset.split_seed", OmegaConf.select(cfg, "dataset.split_seed", default=None), null_ok=True)
     if cfg.get("fitness") is not None and cfg.fitness.get("name") != "taylor_proxy":
         _at_least(cfg, "fitness.calib_samples", 1, " (null: every validation image)", null_ok=True)
     _at_least(cfg, "optimizer.params.generations", 0, " (0: only the initial population is evaluated)")
+    check_numbers(snapshot(cfg))
 
 
 def check_writable(directory: Path | str, key: str) -> None:
@@ -273,27 +249,24 @@ def train_config(section: DictConfig) -> TrainConfig:
 
 
 def make_logger(cfg: DictConfig, directory: Path, job_type: str) -> RunLogger:
+    """The job's RunLogger: wandb group `logger.group`, or one group per invocation (its run dir's
+    name); the run named for the job, model and dataset."""
     log = cfg.logger
-    return RunLogger(directory, mode=log.mode, project=log.project, group=log.group, name=f"{job_type}-{directory.name}",
+    group = log.group or invocation_name(directory)
+    model, data = OmegaConf.select(cfg, "model.name", default="?"), OmegaConf.select(cfg, "dataset.name", default="?")
+    name = f"{job_type} {model}/{data} {invocation_name(directory)}"
+    return RunLogger(directory, mode=log.mode, project=log.project, group=group, name=name,
                      job_type=job_type, config=plain(cfg), tags=list(log.tags or []))
 
 
-def ensure_baseline(cfg: DictConfig, directory: Path) -> Path:
-    """The baseline checkpoint path; trains it first when missing and cfg.train_if_missing."""
-    path = baseline_path(cfg)
-    if path.is_file():
-        return path
-    if not cfg.train_if_missing:
-        raise GapruneError(
-            f"baseline checkpoint '{path}' not found; train it with: python train.py model={cfg.model.name} "
-            f"dataset={cfg.dataset.name} (or set train_if_missing=true)"
-        )
-    check_writable(path.parent, "baseline" if cfg.get("baseline") not in (None, "", "auto") else "paths.checkpoints")
-    print(f"baseline '{path}' not found: training it first (train_if_missing=true)")
-    from gaprune.pipeline.train import run_train
+def invocation_name(directory: Path) -> str:
+    """The name of the invocation's run dir (Hydra's output dir; else `directory`'s own name)."""
+    from hydra.core.hydra_config import HydraConfig
 
-    run_train(cfg, directory / "baseline")
-    return path
+    try:
+        return Path(HydraConfig.get().runtime.output_dir).name
+    except ValueError:  # not launched by Hydra (tests, the benchmark's in-process jobs)
+        return Path(directory).name
 
 
 def check_dataset(meta: dict[str, Any], cfg: DictConfig, path: Path | str, fix: str) -> None:
@@ -317,16 +290,20 @@ class Run:
     meta: dict[str, Any] = field(default_factory=dict)
     x0: Any = None
     units: list[PrunableUnit] | None = None
+    config: dict[str, Any] = field(default_factory=dict)  # the run's own config as saved (resumable jobs)
 
     def load_data(self) -> DataBundle:
         self.bundle = load_bundle(self.cfg)
         return self.bundle
 
     def reference(self, units: bool = True) -> nn.Module:
-        """Load the baseline (trained first when missing and allowed), checked against model= and
+        """Load the baseline (`gaprune.pipeline.train.ensure_baseline` trains a missing one), checked against model= and
         dataset=; `units` also discovers its prunable units."""
         cfg = self.cfg
-        path = ensure_baseline(cfg, self.directory)
+        path = baseline_path(cfg)
+        if not path.is_file():  # the pipelines train it first (gaprune.pipeline.train.ensure_baseline)
+            raise GapruneError(f"baseline checkpoint '{path}' not found; train it with: python train.py "
+                               f"model={cfg.model.name} dataset={cfg.dataset.name}")
         model, meta, pruned = load_model(path, expect_model=cfg.model.name,
                                          hint=f"train it with: python train.py model={cfg.model.name} dataset={cfg.dataset.name}")
         if pruned is not None:
@@ -345,21 +322,26 @@ class Run:
 
 
 def open_run(cfg: DictConfig, markers: Sequence[str] = (), kind: str = "", directory: Path | None = None,
-             data: bool = True) -> Run:
-    """Run dir (resolving `resume` when the job is resumable: `markers` given), seed, device and
-    (with `data`) the dataset, in that order. Bad options and unwritable checkpoint / output dirs
-    fail here, before anything is trained or written."""
+             data: bool = True, resolve: Callable[[dict[str, Any] | None], dict[str, Any]] | None = None) -> Run:
+    """Run dir (resolving `resume` when the job is resumable: `markers` given; then locked for
+    this process and its config kept: compared with the run's own when resuming, `resolve` as in
+    `keep_config`), seed, device and (with `data`) the dataset, in that order. Bad options, a run
+    dir in use, a resumed run with another config and unwritable checkpoint / output dirs fail
+    here, before anything is trained or written."""
     validate_run_config(cfg)
     if cfg.get("task") != "finetune":  # baselines and the importance cache go there
         check_writable(cfg.paths.checkpoints, "paths.checkpoints")
     if cfg.paths.get("output_root") is not None:
         check_writable(cfg.paths.output_root, "paths.output_root")
+    config: dict[str, Any] = {}
     if markers and directory is None:
         directory, resuming = resolve_resume(cfg, run_dir(), markers, kind)
+        hold(directory / LOCK, f"the {kind} run dir '{directory}'")
+        config = keep_config(directory, cfg, resuming, resolve)
     else:
         directory, resuming = directory or run_dir(), False
     seed_everything(cfg.seed)
-    run = Run(cfg, directory, resuming, resolve_device(cfg.device))
+    run = Run(cfg, directory, resuming, resolve_device(cfg.device), config=config)
     if data:
         run.load_data()
     return run

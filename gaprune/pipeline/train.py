@@ -2,7 +2,8 @@
 save it at `baseline=` (default: <paths.checkpoints>/<model>-<dataset>-<key>.pt, the key a hash
 of the training config, `gaprune.pipeline.setup.baseline_path`). The checkpoint records that
 config (meta["train_config"]) so jobs loading it can check it. Rerunning an interrupted command
-resumes it per epoch."""
+resumes it per epoch: one process at a time per baseline (`<baseline>.lock`), and only with the
+training config it was started with (`<baseline>.state.json`, compared before any training)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,36 +13,45 @@ from omegaconf import DictConfig
 
 from gaprune.engine.checkpoint import example_input, save_checkpoint
 from gaprune.engine.training import evaluate, train_with_state
-from gaprune.pipeline.setup import (baseline_path, loader, make_logger, model_spec, open_run, train_config, train_loader,
-                                    training_config)
+from gaprune.pipeline.grow_prune import run_grow_prune
+from gaprune.pipeline.setup import (
+    baseline_path,
+    check_writable,
+    loader,
+    make_logger,
+    model_spec,
+    open_run,
+    train_config,
+    train_loader,
+    training_config,
+)
+from gaprune.pipeline.training_state import done_baseline, hold_baseline, stopped_training
 from gaprune.pruning.physical import count_macs_params
-from gaprune.utils.errors import Interrupted
-from gaprune.utils.io import read_torch_file, write_csv, write_json
+from gaprune.utils.errors import GapruneError
+from gaprune.utils.io import write_csv, write_json
+from gaprune.utils.lock import releasing
 
 
+@releasing
 def run_train(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
     """Train the baseline described by cfg and save it at `baseline_path(cfg)`."""
     if cfg.trainer.get("schedule") == "grow_prune":  # GGPA grow-and-prune: gaprune/pipeline/grow_prune.py
-        from gaprune.pipeline.grow_prune import run_grow_prune
-
         return run_grow_prune(cfg, directory)
     run = open_run(cfg, directory=directory)
     path = baseline_path(cfg)
+    state_path = hold_baseline(cfg, path)  # per-epoch state: a rerun of the same command resumes
     directory, device, bundle, spec = run.directory, run.device, run.bundle, model_spec(cfg)
     model = run.build_untrained().to(device)
     logger = make_logger(cfg, directory, "train")
     trainer = cfg.trainer
     train_batches = train_loader(cfg, bundle, trainer.batch_size, device)
     val_batches = loader(bundle, "val", trainer.eval_batch_size, device)
-    state_path = Path(f"{path}.state")  # per-epoch state: a rerun of the same command resumes
-    state_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         history = train_with_state(model, train_batches, val_batches, train_config(trainer), state_path,
                                    on_epoch=lambda row: logger.log(row, step=int(row["epoch"])),
                                    desc=f"train {spec['name']}")
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted after epoch {epochs_done(state_path)} of training baseline '{path}'; rerun "
-                          "the same command to continue from there") from None
+        raise stopped_training(state_path, path) from None
     val = evaluate(model, val_batches)
     test = evaluate(model, loader(bundle, "test", trainer.eval_batch_size, device))
     meta = {
@@ -56,7 +66,7 @@ def run_train(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
     macs, params = count_macs_params(model.cpu().eval(), example_input(meta))
     meta.update(macs=macs, params=params)
     save_checkpoint(path, model, meta)
-    state_path.unlink(missing_ok=True)
+    done_baseline(state_path)
     summary = {**meta, "checkpoint": str(path.resolve()), "epochs": len(history)}
     write_csv(directory / "history.csv", history)
     write_json(directory / "train_summary.json", summary)
@@ -67,9 +77,20 @@ def run_train(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
     return summary
 
 
-def epochs_done(state_path: Path) -> int:
-    """Epochs saved in a per-epoch training state file (0 when there is none)."""
-    try:
-        return len(read_torch_file(state_path, "training state", "")["history"]) if state_path.is_file() else 0
-    except Exception:
-        return 0
+def ensure_baseline(cfg: DictConfig, directory: Path) -> Path:
+    """The baseline checkpoint path; trains it first when missing and cfg.train_if_missing."""
+    path = baseline_path(cfg)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise GapruneError(f"baseline '{path}' is a directory, not a checkpoint file; point baseline= at a .pt file "
+                           "(or leave it unset for the default)")
+    if not cfg.train_if_missing:
+        raise GapruneError(
+            f"baseline checkpoint '{path}' not found; train it with: python train.py model={cfg.model.name} "
+            f"dataset={cfg.dataset.name} (or set train_if_missing=true)"
+        )
+    check_writable(path.parent, "baseline" if cfg.get("baseline") not in (None, "", "auto") else "paths.checkpoints")
+    print(f"baseline '{path}' not found: training it first (train_if_missing=true)")
+    run_train(cfg, directory / "baseline")
+    return path

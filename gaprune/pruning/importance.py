@@ -151,6 +151,17 @@ def random_importance(model: nn.Module, units: Sequence[PrunableUnit], seed: int
 IMAGE_PASSES = {"taylor": 3}
 
 
+def importance_macs(name: str, available: int, batches: int | None, batch_size: int, macs_per_image: float) -> int:
+    """MACs an importance costs (`gaprune.engine.compute`): its image passes over the images it
+    reads (`batches` x `batch_size`, at most the `available` ones; None: all of them) through the
+    baseline of `macs_per_image`. L1, BN-scale and random read none and cost none."""
+    passes = IMAGE_PASSES.get(name, 0)
+    if not passes:
+        return 0
+    images = available if batches is None else min(available, int(batches) * int(batch_size))
+    return int(images * passes * macs_per_image)
+
+
 def file_digest(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

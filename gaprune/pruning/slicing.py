@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from gaprune.pruning.plan import Plan
-from gaprune.pruning.units import PrunableUnit, layer_width
+from gaprune.pruning.unit_types import PrunableUnit, layer_width
 
 
 class SlicedState(dict):

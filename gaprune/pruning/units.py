@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,30 +28,13 @@ import torch_pruning as tp
 
 from gaprune.models import output_layer
 from gaprune.models.channel_shuffle import ChannelShuffle
+from gaprune.pruning.plan import Plan
+from gaprune.pruning.slicing import sliced_forward, sliced_state
+from gaprune.pruning.unit_types import LayerSlice, PrunableUnit, layer_width  # noqa: F401  (re-exported)
 from gaprune.utils.errors import GapruneError
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 _SLICEABLE = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm)
-
-
-@dataclass
-class LayerSlice:
-    """One dimension of one layer that a unit prunes: positions `idx` follow unit channels `root`."""
-
-    layer: str  # module name, or parameter name for kind == "param"
-    kind: str  # out | in | param
-    idx: np.ndarray
-    root: np.ndarray
-    dim: int = 0  # pruned dimension of a parameter (kind == "param")
-
-
-@dataclass
-class PrunableUnit:
-    name: str  # qualified name of the root module (first out-channel layer of the group)
-    channels: int
-    out_modules: list[str]  # layers whose output channels belong to this unit (conv, linear, norm)
-    in_modules: dict[str, int] = field(default_factory=dict)  # layer -> input positions per unit channel
-    slices: list[LayerSlice] = field(default_factory=list)
 
 
 class _Barrier(tp.pruner.function.BasePruningFunc):
@@ -196,20 +178,6 @@ def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear
     return units
 
 
-def layer_width(model: nn.Module, layer: str, kind: str, dim: int = 0) -> int:
-    """The full width of the dimension a slice prunes (out / in channels, or a parameter's `dim`)."""
-    if kind == "param":
-        return model.get_parameter(layer).shape[dim]
-    module = model.get_submodule(layer)
-    if isinstance(module, nn.Conv2d):
-        return module.out_channels if kind == "out" else module.in_channels
-    if isinstance(module, nn.Linear):
-        return module.out_features if kind == "out" else module.in_features
-    if isinstance(module, nn.LayerNorm):
-        return module.normalized_shape[0]
-    return module.num_features
-
-
 def _group_columns(model: nn.Module, found: dict[tuple[str, str], dict[int, int]], width: int) -> tuple[int, str | None]:
     """How many conv groups the unit's channels are replicated over (1 without grouped convs),
     or why the group cannot be pruned alike in every conv group."""
@@ -235,9 +203,6 @@ def _forward_accepts(model: nn.Module, units: list[PrunableUnit], example: torch
     """The units whose narrower widths the model's forward accepts: one sliced forward with one
     channel fewer in every unit, bisected only on failure (e.g. attention that reshapes to a fixed
     head count, MaxViT); the others are added to `skipped` with the error."""
-    from gaprune.pruning.plan import Plan
-    from gaprune.pruning.slicing import sliced_forward, sliced_state
-
     def error(subset: list[PrunableUnit]) -> str | None:
         plan = Plan(keep={u.name: tuple(range(1, u.channels)) for u in subset}, channels={u.name: u.channels for u in subset})
         try:

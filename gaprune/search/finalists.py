@@ -65,7 +65,7 @@ def rerank(finalists: Sequence[dict[str, Any]], decode: Callable[[Sequence[float
     for record in finalists:
         if record["id"] not in done:
             result = dict(fitness.evaluate([decode(record["genome"])])[0])
-            spent = result.pop("plan_passes", 0) * record["macs"] + result.pop("baseline_passes", 0) * base_macs
+            spent = result.pop("plan_passes", 0) * record.get("macs", 0) + result.pop("baseline_passes", 0) * base_macs
             if states is not None and getattr(fitness, "last_trained", None) is not None:
                 atomic_torch_save(fitness.last_trained, states / f"plan-{record['id']}.pt")
             done[record["id"]] = {"id": record["id"], "proxy": record["proxy"],

@@ -1,4 +1,7 @@
-"""Run logging: local JSON-lines always, plus wandb (offline by default, one run per script)."""
+"""Run logging: local JSON-lines always, plus wandb (offline by default). One wandb run per job of
+an invocation, grouped by the invocation (a search and the fine-tune it runs share a group), named
+for the job; tables (`wandb.Table`), plots (`wandb.Image`) and checkpoints (artifacts) go to wandb
+when it runs, and never stop an experiment when they fail."""
 from __future__ import annotations
 
 import json
@@ -41,6 +44,47 @@ class RunLogger:
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:
             self.run.summary.update(values)
+
+    def _safely(self, what: str, action) -> None:
+        if self.run is None:
+            return
+        try:
+            action()
+        except Exception as err:  # logging must never kill an experiment
+            warnings.warn(f"wandb could not log {what} ({type(err).__name__}: {err})")
+
+    def table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        """`rows` (dicts with the same keys; lists become strings) as a wandb.Table."""
+        def action() -> None:
+            import wandb
+
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            data = [[" ".join(map(str, v)) if isinstance(v, list) else v for v in (row.get(c) for c in columns)]
+                    for row in rows]
+            self.run.log({name: wandb.Table(columns=columns, data=data)})
+
+        if rows:
+            self._safely(f"table {name}", action)
+
+    def images(self, paths: dict[str, Path]) -> None:
+        """Plots (PNG files that exist) as wandb.Image, by name."""
+        def action() -> None:
+            import wandb
+
+            self.run.log({name: wandb.Image(str(path)) for name, path in paths.items() if Path(path).is_file()})
+
+        self._safely("plots", action)
+
+    def artifact(self, path: Path, kind: str = "model") -> None:
+        """A file (a pruned checkpoint) as a wandb artifact named after it."""
+        def action() -> None:
+            import wandb
+
+            art = wandb.Artifact(Path(path).stem.replace("@", "-"), type=kind)
+            art.add_file(str(path))
+            self.run.log_artifact(art)
+
+        self._safely(f"artifact {path}", action)
 
     def finish(self) -> None:
         if self.run is not None:

@@ -73,6 +73,7 @@ def score_fidelity_plans(args, base: list[str], study: dict[str, Any], scored: d
 
     from gaprune.pipeline.search import finalist_fitness, fitness_from_config, run_importance, search_space
     from gaprune.pipeline.setup import open_run
+    from gaprune.pipeline.train import ensure_baseline
     from gaprune.utils.io import write_json
 
     def job_cfg(extra):
@@ -84,6 +85,7 @@ def score_fidelity_plans(args, base: list[str], study: dict[str, Any], scored: d
         return cfg
 
     run = open_run(job_cfg([]), directory=run_dir)
+    ensure_baseline(run.cfg, run.directory)
     run.reference()
     importance, encoding, cost = search_space(run)
     if scored is None:

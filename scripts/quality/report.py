@@ -127,10 +127,12 @@ def goal_check(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def mean_margin(cells: dict[str, Any], arm: str, rival: str) -> dict[str, Any]:
-    """`arm`'s mean test accuracy minus `rival`'s, and per seed on the seeds both have."""
+    """`arm`'s mean test accuracy minus `rival`'s over the seeds both have, and per seed."""
     import statistics
 
     mine, theirs = (dict(zip(cells[a]["seeds"], cells[a]["test_acc"])) for a in (arm, rival))
+    common = set(mine) & set(theirs)
+    mine, theirs = ({s: v for s, v in d.items() if s in common} for d in (mine, theirs))
     return {"arm": arm, "mean": statistics.fmean(mine.values()), "seeds": sorted(mine), "rival": rival,
             "rival_mean": statistics.fmean(theirs.values()), "rival_seeds": sorted(theirs),
             "margin": statistics.fmean(mine.values()) - statistics.fmean(theirs.values()),
@@ -149,8 +151,8 @@ def compute_goal(arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
             continue
         rivals = [a for a in (MATCHED_ARMS if "-ft" not in key else ("uniform_l1", "global_l1")) if a in cells]
         goal: dict[str, Any] = {}
-        if rivals:
-            best = max(rivals, key=lambda a: statistics.fmean(cells[a]["test_acc"]))
+        if rivals and set(cells[MATCHED_TO]["seeds"]) & set.intersection(*(set(cells[a]["seeds"]) for a in rivals)):
+            best = max(rivals, key=lambda a: mean_margin(cells, a, MATCHED_TO)["mean"])
             goal["accuracy"] = mean_margin(cells, MATCHED_TO, best)
         if "uniform_l1" in cells and None not in cells[MATCHED_TO]["compute_macs"] + cells["uniform_l1"]["compute_macs"]:
             ratio = statistics.fmean(cells[MATCHED_TO]["compute_macs"]) / statistics.fmean(cells["uniform_l1"]["compute_macs"])
