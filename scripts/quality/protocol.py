@@ -56,10 +56,10 @@ SEARCH_ARMS = {
                     "fitness.params.adaptive_bn=false", "objective.repair_to_target=false",
                     "optimizer.seed_with_oneshot=false"],
 }
-# the cheap search (issue #21), each cut from the ResNet-20 fidelity study (30 plans): the default proxy
-# on 2 BN batches instead of 8 (tau +0.55 vs +0.53), 6 generations instead of 10; finalists: the highest
-# proxy and the two one-shot seeds, a 25-step fine-tune each ranked by its mean training loss (tau +0.65
-# on the first 24 plans, vs +0.51 for its val accuracy and +0.64 for the 100-step finalists), scored on
+# the cheap search (issue #21): the default proxy on 2 BN batches instead of 8 (ResNet-20 fidelity study,
+# 30 plans: tau +0.55 vs +0.53), 6 generations instead of 10 (a budget choice, not measured); finalists: the highest
+# proxy and the two one-shot seeds, a 25-step fine-tune each ranked by its mean training loss (tau +0.62,
+# vs +0.43 for its val accuracy and +0.62 for the 100-step finalists' val accuracy), scored on
 # 512 val images; the winner's steps continued by the final fine-tune
 LEAN = ["optimizer.params.generations=6", "fitness.params.bn_batches=2", "finalists.count=1", "finalists.steps=25",
         "finalists.metric=neg_train_loss", "finalists.calib_samples=512", "finalists.continue_winner=true"]
