@@ -55,8 +55,8 @@ $(DATA)/cifar-100-python/test:
 	@test -f $(SHARED)/cifar100-images.zip || { echo "no CIFAR-100: give prepare.py an archive (python $(SHARED)/prepare.py cifar100 --root $(DATA) --archive <zip>) or put cifar-100-python/ under $(DATA)/"; exit 2; }
 	$(PY) $(SHARED)/prepare.py cifar100 --root $(DATA) --archive $(SHARED)/cifar100-images.zip
 
-# --- quality benchmark (issue #10): every arm / seed / fidelity plan resumable; finished items are
-# committed, so this runs only what is missing (the whole protocol is ~12 h on a 2-core CPU)
+# --- quality benchmark (issue #10, `python -m benchmarks.quality`, code in benchmarks/quality/): every arm / seed /
+# fidelity plan resumable; finished items are committed, so this runs only what is missing (~12 h on a 2-core CPU)
 table-quality-cifar10: install $(DATA)/cifar-10-batches-py/test_batch
 	benchmarks/quality-cifar10/run.sh a >> benchmarks/quality-cifar10/logs/lane-a.log 2>&1 & \
 	benchmarks/quality-cifar10/run.sh b >> benchmarks/quality-cifar10/logs/lane-b.log 2>&1; wait

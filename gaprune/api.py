@@ -36,7 +36,7 @@ from gaprune.engine.training import resolve_device, seed_everything, train
 from gaprune.pipeline.latency import wants_latency
 from gaprune.pipeline.network import build_search, finalist_fitness_params, search_picks, search_space_of
 from gaprune.pipeline.search import validate_search_config
-from gaprune.pipeline.setup import plain, train_config, validate_run_config
+from gaprune.pipeline.setup import plain, training_recipe, validate_run_config
 from gaprune.pruning.importance import compute_importance, importance_macs
 from gaprune.pruning.masking import apply_masks_permanently
 from gaprune.pruning.physical import count_macs_params, prune_model
@@ -317,7 +317,7 @@ def finetune(pruned: nn.Module, teacher: nn.Module | None, train_data: Iterable,
     mentor = copy.deepcopy(teacher).to(device).eval() if kd else None
     student = pruned.to(device)
     val = BatchStream(val_data, device, where="val_data")
-    history = train(student, BatchStream(train_data, device, where="train_data"), val, train_config(ft),
+    history = train(student, BatchStream(train_data, device, where="train_data"), val, training_recipe(ft),
                     teacher=mentor, desc="finetune")
     x1 = next(iter(val))[0][:1]
     student_macs = count_macs_params(student, x1)[0]

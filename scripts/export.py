@@ -50,14 +50,29 @@ def check_inputs(meta: dict, args: argparse.Namespace):
     return x
 
 
-@exit_on_user_error
+FIX = "give a checkpoint gaprune wrote (a baseline from train.py, pruned-*.pt / masked_model.pt from a run dir)"
+
+
+def checkpoint_file(value: str) -> Path:
+    """The checkpoint argument: one line when it is missing or a directory (before anything is loaded)."""
+    from gaprune.utils.errors import GapruneError
+
+    path = Path(value)
+    if path.is_dir():
+        raise GapruneError(f"checkpoint '{path}' is a directory, not a checkpoint file; {FIX}")
+    if not path.exists():
+        raise GapruneError(f"checkpoint '{path}' is missing (no such file); {FIX}")
+    return path
+
+
+@exit_on_user_error(elsewhere="--out")
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     from gaprune.engine.export import export_checkpoint
     from gaprune.deploy.latency import LatencySettings
     from gaprune.engine.checkpoint import read_checkpoint
 
-    meta = read_checkpoint(args.checkpoint)["meta"]
+    meta = read_checkpoint(checkpoint_file(args.checkpoint), hint=FIX)["meta"]
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
     latency = None if args.no_latency else LatencySettings(batch=args.batch, throughput_batch=args.throughput_batch,
                                                            repeats=args.repeats, clock=args.clock)

@@ -21,13 +21,63 @@ X0 = torch.zeros(1, 1, 32, 32)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(script: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run an entry point (train.py, search.py, ...) as a user would, from the repo root."""
-    proc = subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+_last_start = [0.0]  # when the previous in-process job started (run dirs are named to the second)
+
+
+def run_cli(script: str, *overrides: str, check: bool = True, process: bool = False) -> subprocess.CompletedProcess:
+    """Run an entry point (train.py, search.py, ...) as `python <script> <overrides>` would, from
+    the repo root. In this process by default (the job's whole path: Hydra, the job wrapper, exit
+    codes, stdout / stderr), without paying a fresh interpreter's torch import; `process=True`
+    starts a real one (signals, locks held by another process, a fresh process's reload)."""
+    proc = _run_process(script, overrides) if process else _run_here(script, overrides)
     if check and proc.returncode != 0:
         pytest.fail(f"{script} {' '.join(overrides)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def _run_process(script: str, overrides: tuple[str, ...]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+
+
+def _run_here(script: str, overrides: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """`runpy` runs the script as __main__ (so Hydra finds conf/ beside it, as from the shell);
+    what a job changes in this process (argv, cwd, env, the SIGTERM handler, torch's threads, Hydra's
+    global state) is put back after."""
+    import contextlib
+    import io
+    import os
+    import runpy
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    while int(time.time()) == int(_last_start[0]):  # a new second: a new run dir name
+        time.sleep(0.05)
+    _last_start[0] = time.time()
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    argv, cwd, env = sys.argv, os.getcwd(), dict(os.environ)
+    sigterm, threads = signal.getsignal(signal.SIGTERM), torch.get_num_threads()
+    sys.argv = [str(REPO / script), *overrides]
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(REPO / script), run_name="__main__")
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+            except BaseException:  # what a real process would die of: exit 1 with its traceback
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        signal.signal(signal.SIGTERM, sigterm)
+        torch.set_num_threads(threads)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess(sys.argv[:1] + [script, *overrides], code, out.getvalue(), err.getvalue())
 
 
 def one_error(proc: subprocess.CompletedProcess, *named: str) -> str:

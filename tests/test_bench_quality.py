@@ -1,27 +1,20 @@
-"""scripts/bench_quality.py end to end on a tiny digits protocol: every arm lands at the MACs
-target with the same fine-tune budget, proxy correlations are computed, results are written in
-the documented schema, and a rerun skips every finished item."""
+"""The quality benchmark (`python -m benchmarks.quality`) end to end on a tiny digits protocol:
+every arm lands at the MACs target with the same fine-tune budget, proxy correlations are
+computed, results are written in the documented schema, and a rerun skips every finished item."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "scripts" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmarks.quality import cli as bench
+from benchmarks.quality.compute import finetune_compute, matched_steps
+from benchmarks.quality.finalists import render_short_vs_full, short_vs_full
+from benchmarks.quality.report import goal_check, report
 
 
 @pytest.mark.slow  # a whole tiny protocol, run three times: minutes
 def test_bench_quality_tiny_protocol_and_resume(tmp_path, capsys):
-    bench = load_script()
     argv = ["--protocol", "digits", "--out", str(tmp_path / "out"), "--arms", "default", "random", "uniform_l1",
             "--set", "baseline_epochs=2", "--set", "population=4", "--set", "generations=1",
             "--set", 'models={"resnet20": {"overrides": ["model.params.width=4"], "targets": [0.5], "seeds": [0]}}',
@@ -87,9 +80,6 @@ def _item(arm: str, seed: int, test_acc: float, keep_counts: list[int], finalist
 
 
 def test_finalists_short_vs_full_takes_the_first_records_as_the_seeds():
-    load_script()  # puts scripts/ on sys.path
-    from quality.finalists import render_short_vs_full, short_vs_full
-
     rows = [{"id": 9, "proxy": 0.36, "finetune_acc": 0.68, "keep_counts": [3, 4], "winner": True},
             {"id": 0, "proxy": 0.27, "finetune_acc": 0.65, "keep_counts": [2, 2], "winner": False},
             {"id": 1, "proxy": 0.35, "finetune_acc": 0.66, "keep_counts": [1, 3], "winner": False}]
@@ -111,9 +101,6 @@ def test_finalists_short_vs_full_takes_the_first_records_as_the_seeds():
 
 
 def test_goal_check_takes_the_best_simple_mean_and_per_seed_margins():
-    load_script()
-    from quality.report import goal_check
-
     arms = {"m@0.5": {"default": {"seeds": [0, 1], "test_acc": [0.80, 0.78]},
                       "uniform_l1": {"seeds": [0, 1], "test_acc": [0.79, 0.77]},
                       "random": {"seeds": [0], "test_acc": [0.795]},
@@ -128,9 +115,6 @@ def test_goal_check_takes_the_best_simple_mean_and_per_seed_margins():
 
 def test_report_has_one_fidelity_study_per_model_and_keeps_the_first_as_the_issue_schema(tmp_path):
     import argparse
-
-    load_script()
-    from quality.report import report
 
     spec = {"dataset": "cifar10", "train_limit": 100, "test_limit": None, "trainer": "cifar", "baseline_epochs": 1,
             "finetune_epochs": 2, "finetune_batch_size": 8, "population": 4, "generations": 1, "calib_samples": 8,
@@ -176,11 +160,6 @@ def test_report_has_one_fidelity_study_per_model_and_keeps_the_first_as_the_issu
 
 
 def test_matched_steps_spend_up_to_the_reference_compute_and_no_more():
-    import sys
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    from quality.compute import finetune_compute, matched_steps
-
     spec, sizes = {"finetune_batch_size": 100}, {"train": 1000, "val": 200}  # 10 steps an epoch
     student, teacher = 2.0, 10.0
     two_epochs = finetune_compute(spec, sizes, student, teacher, 2)
@@ -197,7 +176,6 @@ def test_matched_steps_spend_up_to_the_reference_compute_and_no_more():
                                                   ("--seeds", "7", "--seeds [7] not in protocol cifar10"),
                                                   ("--finetune-epochs", "3", "--finetune-epochs [3] not in protocol")])
 def test_subsets_outside_the_protocol_are_errors_not_empty_tables(flag, value, message, capsys):
-    bench = load_script()
     with pytest.raises(SystemExit) as exit_info:
         bench.parse_args(["--protocol", "cifar10", "--models", "resnet20", flag, value])
     assert exit_info.value.code == 2

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from gaprune.pipeline.setup import resolve_resume
+from gaprune.utils.errors import GapruneError
 from helpers import REPO, run_cli
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="needs the cluster extra: pip install 'gaprune[cluster]'")
@@ -92,7 +93,8 @@ def test_a_saved_run_dir_resumes_implicitly_only_under_submitit(tmp_path, monkey
     (tmp_path / "state.json").write_text("{}")
     cfg = OmegaConf.create({"resume": False})
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
-    assert resolve_resume(cfg, tmp_path, ("state.json",), "search") == (tmp_path, False)
+    with pytest.raises(GapruneError, match="already holds a search run"):  # never started over either
+        resolve_resume(cfg, tmp_path, ("state.json",), "search")
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     assert resolve_resume(cfg, tmp_path, ("state.json",), "search") == (tmp_path, True)
     assert resolve_resume(cfg, tmp_path / "fresh", ("state.json",), "search") == (tmp_path / "fresh", False)

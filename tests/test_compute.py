@@ -56,7 +56,7 @@ def test_steps_cap_a_fine_tune_across_epochs(digits):
     assert [row["steps"] for row in history] == [per_epoch, 2]
     assert history[1]["train_images"] == 2 * 256
     with pytest.raises(GapruneError, match="steps=0 must be a whole number >= 1"):
-        TrainConfig(steps=0).validate()
+        TrainConfig(epochs=1, lr=0.01, steps=0).validate()
 
 
 def _bundle_sizes(root: Path) -> tuple[int, int]:

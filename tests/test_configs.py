@@ -14,7 +14,7 @@ from gaprune.data.datasets import DATASETS, load_dataset
 from gaprune.models import EXTERNAL_PREFIXES, MODELS, build_model
 from gaprune.oneshot import PRUNERS, build_pruner
 from gaprune.pipeline.search import SEARCHERS
-from gaprune.pipeline.setup import plain, train_config
+from gaprune.pipeline.setup import plain, training_recipe
 from gaprune.pruning.importance import IMPORTANCES
 from gaprune.pruning.units import discover_units
 from gaprune.search.encodings import ENCODINGS, validate_encoding
@@ -95,7 +95,7 @@ def test_registered_groups_name_an_entry_that_constructs(group: str, option: str
 @pytest.mark.parametrize("group,option", [(g, o) for g in ("trainer", "finetune") for o in options(g)])
 def test_training_recipes_construct(group: str, option: str) -> None:
     section = composed(group, option)[group]
-    train_config(section).validate()
+    training_recipe(section).validate()
     assert section.batch_size >= 1 and section.eval_batch_size >= 1  # loader keys
 
 

@@ -58,17 +58,17 @@ def test_default_baseline_path_is_keyed_by_the_training_config(tmp_path):
 
 
 def test_recorded_training_config_is_checked_but_old_checkpoints_load(tmp_path):
-    from gaprune.pipeline.setup import check_training_config, training_config
+    from gaprune.pipeline.setup import check_baseline_identity, baseline_identity
     from gaprune.utils.errors import GapruneError
 
     cfg = composed("model=vgg16", "dataset=cifar10")
-    meta = {"train_config": training_config(cfg)}
-    check_training_config(meta, composed("model=vgg16", "dataset=cifar10", "seed=5", "optimizer=ga"), "b.pt")
-    check_training_config({}, composed("model=vgg16", "dataset=cifar10", "model.params.head=paper"), "old.pt")
+    meta = {"train_config": baseline_identity(cfg)}
+    check_baseline_identity(meta, composed("model=vgg16", "dataset=cifar10", "seed=5", "optimizer=ga"), "b.pt")
+    check_baseline_identity({}, composed("model=vgg16", "dataset=cifar10", "model.params.head=paper"), "old.pt")
     with pytest.raises(GapruneError, match=r"trained with model.params.head=linear but this run has model.params.head=paper"):
-        check_training_config(meta, composed("model=vgg16", "dataset=cifar10", "model.params.head=paper"), "b.pt")
+        check_baseline_identity(meta, composed("model=vgg16", "dataset=cifar10", "model.params.head=paper"), "b.pt")
     with pytest.raises(GapruneError, match=r"trained with trainer.batch_size=128 but this run has trainer.batch_size=64; pass trainer.batch_size=128"):
-        check_training_config({"train_config": training_config(composed("model=vgg16", "dataset=cifar10", "trainer=cifar"))},
+        check_baseline_identity({"train_config": baseline_identity(composed("model=vgg16", "dataset=cifar10", "trainer=cifar"))},
                               composed("model=vgg16", "dataset=cifar10"), "b.pt")
 
 

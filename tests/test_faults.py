@@ -4,8 +4,9 @@ For every job that has the fault (search, finetune, train, oneshot): a resumed r
 config, a run dir (or baseline) in use by another process, SIGTERM, damaged records (truncated,
 empty, wrong shape, inconsistent, a directory or a file of the wrong kind), checkpoints with
 flipped bytes and bad numbers. Each is one `gaprune: error:` line naming the file or key and exit
-2 (SIGTERM: one `gaprune: interrupted ...` line and exit 130), and nothing is rewritten.
-docs/reliability.md tabulates the classes and counts these tests."""
+2 (SIGTERM: one `gaprune: interrupted ...` line and exit 130), and nothing is rewritten. OS
+errors, sweeps, reloads and messages are tests/test_faults_os.py. docs/reliability.md tabulates
+the classes and counts these tests."""
 from __future__ import annotations
 
 import hashlib
@@ -140,12 +141,12 @@ def test_oneshot_resumed_with_another_pruner_option_is_refused(ws, oneshot_run, 
 
 
 def test_train_rerun_with_another_recipe_is_refused(tmp_path):
-    from gaprune.pipeline.setup import training_config
+    from gaprune.pipeline.setup import baseline_identity
 
     baseline = tmp_path / "b.pt"
     state, record = Path(f"{baseline}.state"), Path(f"{baseline}.state.json")
     state.write_bytes(b"an interrupted training's state")
-    record.write_text(json.dumps(training_config(composed("train", *FAST))))
+    record.write_text(json.dumps(baseline_identity(composed("train", *FAST))))
     proc = run_cli("train.py", *where(tmp_path), f"baseline={baseline}", "trainer.lr=0.1", check=False)
     one_error(proc, f"'{state}' was started with trainer.lr=0.05, not trainer.lr=0.1")
     assert state.read_bytes() == b"an interrupted training's state" and not baseline.exists()

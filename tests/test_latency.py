@@ -242,7 +242,8 @@ def _script(name: str):
 
 
 def test_latency_benchmark_reports_fit_and_picks(tmp_path):
-    bench = _script("bench_latency")
+    from benchmarks import latency as bench
+
     threads = torch.get_num_threads()
     try:
         bench.main(["--models", "lenet5", "--plans", "3", "--pool", "4", "--rounds", "2", "--lut-repeats", "1",

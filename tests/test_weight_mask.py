@@ -26,6 +26,7 @@ from gaprune.search.layerwise.ga import (LayerwiseResult, WeightMaskConfig, evol
 from gaprune.search.layerwise.problem import LayerProblem
 from gaprune.search.optimizers import OPTIMIZERS, BitIndividual, Optimizer
 from gaprune.utils.errors import GapruneError
+from gaprune.utils.io import with_digest
 from helpers import assert_same_state, baseline_of, run_cli
 
 LENET_LAYERS = ["conv1", "conv2", "fc1", "fc2", "fc3"]
@@ -307,8 +308,8 @@ def test_search_py_weight_mask_end_to_end_and_resume(trained, tmp_path):  # noqa
     state = torch.load(run / STATE, weights_only=True)
     final_masks = json.loads((run / "weight_masks.json").read_text())
     apply_masks_permanently(base, {"conv2": state["masks"]["conv2"]})
-    torch.save({**state, "masks": {"conv2": state["masks"]["conv2"]}, "results": state["results"][:1],
-                "rows": [r for r in state["rows"] if r["layer"] == "conv2"], "state_dict": base.state_dict()},
+    torch.save(with_digest({**state, "masks": {"conv2": state["masks"]["conv2"]}, "results": state["results"][:1],
+                            "rows": [r for r in state["rows"] if r["layer"] == "conv2"], "state_dict": base.state_dict()}),
                run / STATE)
     proc = run_cli("search.py", *out, *small_args, f"resume={run}")
     assert "resuming layer-wise weight-mask search" in proc.stdout and "1/2 layers done" in proc.stdout

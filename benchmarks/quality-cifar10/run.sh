@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CIFAR-10 quality benchmark in two lanes of one thread each (disjoint items, so both may run at
 # once on a 2-core machine); every step is resumable (a rerun skips finished items). Run from a
-# gaprune checkout with .venv and data/ (CIFAR-10 prepared):
+# gaprune checkout's root with .venv and data/ (CIFAR-10 prepared); the code is benchmarks/quality/:
 #   nohup benchmarks/quality-cifar10/run.sh a >> benchmarks/quality-cifar10/logs/lane-a.log 2>&1 &
 #   nohup benchmarks/quality-cifar10/run.sh b >> benchmarks/quality-cifar10/logs/lane-b.log 2>&1 &
 #   (then lane c, an ablation, when a lane is free; issue #21: lanes d and e, then f)
@@ -9,7 +9,7 @@
 # OUT=<dir> writes the items elsewhere (e.g. from a snapshot checkout into the main one).
 set -u
 OUT=${OUT:-$(cd "$(dirname "$0")" && pwd)}
-bench() { TQDM_DISABLE=1 .venv/bin/python scripts/bench_quality.py --protocol cifar10 --out "$OUT" --threads 1 "$@"; }
+bench() { TQDM_DISABLE=1 .venv/bin/python -m benchmarks.quality --protocol cifar10 --out "$OUT" --threads 1 "$@"; }
 start=$(date +%s)
 case "${1:-}" in
   a)  # ResNet-20 at 70 %: every arm, seeds 0-2 (seed by seed)

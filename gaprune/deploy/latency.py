@@ -42,7 +42,7 @@ class LatencySettings:
     batch: int = 1
     throughput_batch: int = 64
     warmup: int = 3
-    repeats: int = 7
+    repeats: int = 5  # median of this many timed blocks
     min_block_s: float = 0.01  # one timed block lasts about this long (many calls for tiny models)
     clock: str = "wall"  # wall | cpu (thread CPU time, 1 thread: robust on a machine shared with other jobs)
 

@@ -54,7 +54,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any], pl
 
 def read_checkpoint(path: str | Path, hint: str = "") -> dict[str, Any]:
     """Load and validate a gaprune checkpoint file (`read_torch_file`: no code is ever unpickled)."""
-    fix = hint or "delete it and re-create it with gaprune (train.py / finetune.py)"
+    fix = hint or "re-create it with gaprune (train.py for a baseline; a new search / finetune.py run for a pruned model)"
     payload = read_torch_file(path, "checkpoint", fix)
     if not isinstance(payload, dict) or payload.get("format") not in (BASELINE, PRUNED, SPARSE) or "state_dict" not in payload:
         held = " (it holds a training state, not a model)" if isinstance(payload, dict) and "optimizer" in payload else ""

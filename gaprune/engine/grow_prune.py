@@ -50,8 +50,8 @@ class GrowPruneConfig:
     grow, grow_until+1..prune_at accumulate |gamma| (slimming L1 on), after prune_at the model is
     pruned and retrained to the end."""
 
-    grow_until: int = 30
-    prune_at: int = 60
+    grow_until: int = 40
+    prune_at: int = 80
     grow_percentile: float = 50.0
     score_batches: int = 8
     increments: Sequence[int] | None = None

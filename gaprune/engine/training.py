@@ -56,8 +56,11 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    lr: float = 0.05
+    """An SGD + cosine recipe (`trainer`, `finetune` or a fitness's short fine-tune); epochs and lr
+    have no default here, the recipes' YAML gives them."""
+
+    epochs: int
+    lr: float
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = True
@@ -107,47 +110,21 @@ def train(
     config.validate()
     per_epoch = len(train_batches) if config.steps is not None else None  # type: ignore[arg-type]
     optimizer, scheduler = optimizer_state or make_optimizer(model, config)
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
-    if teacher is not None:
-        teacher.eval()
+    step = _Stepper(model, optimizer, config, teacher, after_step)
     history = []
     bar = tqdm(range(start_epoch, config.epochs), desc=desc, unit="epoch", leave=False, dynamic_ncols=True)
     for epoch in bar:
         start = time.perf_counter()
-        model.train()
-        seen, correct, total_loss, steps_run = 0, 0, 0.0, 0
         skip = skip_steps if epoch == start_epoch else 0
         allowed = None if per_epoch is None else max(0, config.steps - epoch * per_epoch)
-        for step, (x, y) in enumerate(train_batches):
-            if allowed is not None and step >= allowed:
-                break
-            if step < skip:
-                continue
-            logits = model(x)
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(x)
-                loss = kd_loss(logits, teacher_logits, y, config.kd_temperature, config.kd_alpha)
-            else:
-                loss = F.cross_entropy(logits, y)
-            if config.bn_sparsity > 0:
-                loss = loss + config.bn_sparsity * sum(bn.weight.abs().sum() for bn in bns)
-            if not math.isfinite(loss.item()):
-                raise GapruneError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate (lr={config.lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if after_step is not None:
-                after_step()
-            seen += y.numel()
-            steps_run += 1
-            total_loss += loss.item() * y.numel()
-            correct += (logits.argmax(1) == y).sum().item()
+        totals = _train_epoch(step, train_batches, epoch, skip, allowed)
         scheduler.step()
         val = evaluate(model, val_batches)
-        row = {"epoch": epoch + 1, "train_loss": total_loss / max(1, seen), "train_acc": correct / max(1, seen),
+        seen = totals.images
+        row = {"epoch": epoch + 1, "train_loss": totals.loss / max(1, seen), "train_acc": totals.correct / max(1, seen),
                "val_acc": val["acc"], "val_loss": val["loss"], "lr": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - start, "train_images": seen, "eval_images": val["images"], "steps": steps_run}
+               "seconds": time.perf_counter() - start, "train_images": seen, "eval_images": val["images"],
+               "steps": totals.steps}
         history.append(row)
         bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}")
         if on_epoch is not None:
@@ -155,7 +132,74 @@ def train(
     return history
 
 
+@dataclass
+class _EpochTotals:
+    """What one epoch of `train` saw: images, correct predictions, summed loss, optimizer steps."""
+
+    images: int = 0
+    correct: int = 0
+    loss: float = 0.0
+    steps: int = 0
+
+
+class _Stepper:
+    """One optimizer step of `train` on a batch: the loss (KD from `teacher` when given, plus the
+    slimming L1 on BN gammas when `config.bn_sparsity` > 0), backward, step, `after_step`."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 teacher: nn.Module | None, after_step: Callable[[], None] | None) -> None:
+        self.model, self.optimizer, self.config, self.teacher, self.after_step = model, optimizer, config, teacher, after_step
+        self.bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        if teacher is not None:
+            teacher.eval()
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, loss) of the model on one batch."""
+        config = self.config
+        logits = self.model(x)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(x)
+            loss = kd_loss(logits, teacher_logits, y, config.kd_temperature, config.kd_alpha)
+        else:
+            loss = F.cross_entropy(logits, y)
+        if config.bn_sparsity > 0:
+            loss = loss + config.bn_sparsity * sum(bn.weight.abs().sum() for bn in self.bns)
+        return logits, loss
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int, totals: _EpochTotals) -> None:
+        logits, loss = self.loss(x, y)
+        if not math.isfinite(loss.item()):
+            raise GapruneError(f"training loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate "
+                               f"(lr={self.config.lr})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.after_step is not None:
+            self.after_step()
+        totals.images += y.numel()
+        totals.steps += 1
+        totals.loss += loss.item() * y.numel()
+        totals.correct += (logits.argmax(1) == y).sum().item()
+
+
+def _train_epoch(step: _Stepper, train_batches: Iterable, epoch: int, skip: int, allowed: int | None) -> _EpochTotals:
+    """One epoch over `train_batches`: the first `skip` batches drawn but not trained on, at most
+    `allowed` batches drawn (None: all of them)."""
+    step.model.train()
+    totals = _EpochTotals()
+    for index, (x, y) in enumerate(train_batches):
+        if allowed is not None and index >= allowed:
+            break
+        if index < skip:
+            continue
+        step(x, y, epoch, totals)
+    return totals
+
+
 TRAINING_STATE = ("model", "optimizer", "scheduler", "rng", "history")  # what a per-epoch state file holds
+# a damaged per-epoch state: never delete a run's files, start over elsewhere
+RESTART_TRAINING = "start a new run (a baseline: train into another file with baseline=<path>)"
 
 
 def train_with_state(model: nn.Module, train_batches, val_batches, config: TrainConfig, state_path: Path,
@@ -182,7 +226,7 @@ def train_with_state(model: nn.Module, train_batches, val_batches, config: Train
         skip = int(warm_start["steps"])
         print(f"{desc}: continuing the finalist's fine-tune after its {skip} steps")
     if state_path.exists():  # a directory or a file of another kind there is one line, before any training
-        state = read_torch_dict(state_path, "training state", "delete it to restart from epoch 0", TRAINING_STATE)
+        state = read_torch_dict(state_path, "training state", RESTART_TRAINING, TRAINING_STATE)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -43,6 +43,17 @@ class ShuffleBlock(InvertedResidual):
         return self.shuffle(out)
 
 
+class VersionedMNASNet(tvm.MNASNet):
+    """torchvision's MNASNet (same layers, same weights) that loads a state_dict without its
+    `_metadata`, as every gaprune checkpoint and training state holds it (a plain dict of
+    tensors), as the version it was built as: torchvision's own refuses one (version None)."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:  # type: ignore[override]
+        if local_metadata.get("version") is None:
+            local_metadata = {**local_metadata, "version": self._version}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+
 def _defaults(fn: str, image_size: int) -> dict[str, Any]:
     if fn in ("googlenet", "inception_v3"):
         return {"aux_logits": False, "init_weights": True}
@@ -85,6 +96,8 @@ def build_torchvision(name: str, num_classes: int, in_channels: int, image_size:
     except (TypeError, ValueError, AssertionError, RuntimeError) as err:
         raise GapruneError(f"model '{name}' cannot be built with options {sorted(kwargs)} at image_size="
                            f"{image_size}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if type(model) is tvm.MNASNet:
+        model.__class__ = VersionedMNASNet
     if in_channels != 3:
         _adapt_first_conv(model, name, in_channels)
     fit_to_input(model, name, in_channels, image_size)

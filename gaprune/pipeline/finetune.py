@@ -4,7 +4,6 @@ masks), fine-tune with KD from the unpruned baseline, and tabulate the results
 pipeline that fine-tunes (finetune.py, search.py's then_finetune, one-shot, layer-wise)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,17 +14,17 @@ from gaprune.engine.checkpoint import example_input, load_model
 from gaprune.engine.compute import Compute
 from gaprune.engine.finetune import FinetuneJob
 from gaprune.pipeline.latency import latency_pick, latency_settings
+from gaprune.pipeline.lifecycle import job_run
 from gaprune.pipeline.records import FINALISTS, RESULTS, check_states, read_finalists, read_results, search_output
-from gaprune.pipeline.runconfig import given_keys, resume_with, saved_config, snapshot
+from gaprune.pipeline.runconfig import given_keys, saved_config, snapshot
 from gaprune.pipeline.setup import (
     check_dataset,
     loader,
     make_logger,
-    open_run,
     plain,
     resolve_resume,
     run_dir,
-    train_config,
+    training_recipe,
     train_loader,
     validate_run_config,
 )
@@ -34,18 +33,20 @@ from gaprune.pruning.plan import plan_from_json
 from gaprune.pruning.units import PrunableUnit, discover_units
 from gaprune.search.finalists import winner_state
 from gaprune.search.picks import PICKS, pick_plans
-from gaprune.utils.errors import GapruneError, Interrupted
+from gaprune.utils.errors import GapruneError
 from gaprune.utils.io import read_record
 from gaprune.utils.lock import releasing
+from gaprune.utils.tracking import RunLogger
 
 RESUMABLE = ("results.json", "state-*.pt")  # a finetune run dir: finished rows, or a plan's per-epoch state
 
 
 def open_job(cfg: DictConfig, directory: Path, teacher: nn.Module, meta: dict[str, Any], bundle, device,
              job_type: str, pick: str, header: dict[str, Any] | None = None,
-             units: Sequence[PrunableUnit] | None = None) -> FinetuneJob:
+             units: Sequence[PrunableUnit] | None = None, logger: RunLogger | None = None) -> FinetuneJob:
     """A FinetuneJob with the `finetune` recipe; rows already in <directory>/results.json for
-    this `pick` count as done (resume)."""
+    this `pick` count as done (resume). Its logger is `logger` (a `job_run`'s), else a new one
+    of `job_type`; `FinetuneJob.close` finishes it."""
     x0 = example_input(meta)
     if units is None:
         units = discover_units(teacher, x0, include_linear=meta["model"].get("include_linear", False))
@@ -54,10 +55,10 @@ def open_job(cfg: DictConfig, directory: Path, teacher: nn.Module, meta: dict[st
     val_batches = loader(bundle, "val", ft.eval_batch_size, device)
     test_batches = loader(bundle, "test", ft.eval_batch_size, device)
     teacher = teacher.to(device)
-    logger = make_logger(cfg, directory, job_type)
+    logger = logger or make_logger(cfg, directory, job_type)
     done = read_results(directory / RESULTS)
     header = {"model": meta["model"]["name"], "dataset": meta["data"]["name"], "seed": int(cfg.seed), **(header or {})}
-    return FinetuneJob(train_config(ft), bool(ft.kd), directory, teacher, meta, list(units), x0, device, train_batches,
+    return FinetuneJob(training_recipe(ft), bool(ft.kd), directory, teacher, meta, list(units), x0, device, train_batches,
                        val_batches, test_batches, logger, pick, header, [r for r in done if r["pick"] == pick],
                        latency=latency_settings(cfg))
 
@@ -158,7 +159,17 @@ def adopt_search_setup(cfg: DictConfig, search_dir: Path) -> None:
 
 @releasing
 def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Path | None = None) -> list[dict[str, Any]]:
-    """Fine-tune the `pick` of a search run; `directory` given (then_finetune) or from resume=."""
+    """Fine-tune the `pick` of a search run.
+
+    Args:
+        cfg: the finetune.py (or search.py) config.
+        search_dir: the search run (finetune.py: search_dir=, or a resumed fine-tune's own).
+        directory: the run dir, given by search.py's then_finetune (Ctrl-C then names the search
+            run's resume command); None: finetune.py's own (resume=).
+
+    Returns:
+        The results rows, one per fine-tuned plan.
+    """
     if directory is None:  # finetune.py: its own run dir (resume=), model / dataset from the search unless given
         validate_run_config(cfg)
         search_dir = own_search_dir(cfg)
@@ -167,34 +178,31 @@ def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Pat
         search_dir = resolve_search_dir(search_dir, Path(cfg.paths.output_root))
     summary = read_record(search_dir / "search_summary.json", "search summary", "rerun the search")
     check_search_dir(cfg, search_dir, summary)
-    run = open_run(cfg, () if directory is not None else RESUMABLE, "finetune", directory=directory, data=False,
-                   resolve=lambda saved: {"search_dir": str(search_dir.resolve())})
-    check_states(run.directory)
-    records = chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction)
-    teacher, meta, _ = load_model(summary["baseline"])
-    check_dataset(meta, cfg, summary["baseline"], f"the search used it: pass dataset={meta['data']['name']}")
-    job = open_job(cfg, run.directory, teacher, meta, run.load_data(), run.device, "finetune", cfg.pick,
-                   header={"search_dir": str(search_dir.resolve())})
-    resume_dir = run.directory if directory is None else search_dir  # then_finetune: resume the search run
-    spent = Compute.from_json(summary.get("compute_macs_by_phase"))  # what the search cost
-    with stopped_cleanly(run.directory, resume_dir):
+    with job_run(cfg, "finetune", () if directory is not None else RESUMABLE, "finetune", directory=directory,
+                 data=False, resolve=lambda saved: {"search_dir": str(search_dir.resolve())}) as job:
+        run = job.run
+        check_states(run.directory)
+        records = chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction)
+        teacher, meta, _ = load_model(summary["baseline"])
+        check_dataset(meta, cfg, summary["baseline"], f"the search used it: pass dataset={meta['data']['name']}")
+        tuning = open_job(cfg, run.directory, teacher, meta, run.load_data(), run.device, "finetune", cfg.pick,
+                          header={"search_dir": str(search_dir.resolve())}, logger=job.logger)
+        job.resume_dir = run.directory if directory is None else search_dir  # then_finetune: resume the search run
+        spent = Compute.from_json(summary.get("compute_macs_by_phase"))  # what the search cost
+        job.report(lambda: finetune_progress(run.directory))
         for record in records:
-            if job.done(record["id"]):
+            if tuning.done(record["id"]):
                 continue  # finished before an interruption
-            job.run(plan_from_json(record["plan"]), record["id"], search_proxy=record["proxy"],
-                    predicted_macs=record["macs"], spent=spent,
-                    warm_start=continued_finalist(cfg, search_dir, record, job))
-    job.close()
-    return job.rows
+            tuning.run(plan_from_json(record["plan"]), record["id"], search_proxy=record["proxy"],
+                       predicted_macs=record["macs"], spent=spent,
+                       warm_start=continued_finalist(cfg, search_dir, record, tuning))
+        tuning.close()
+    return tuning.rows
 
 
-@contextmanager
-def stopped_cleanly(directory: Path, resume_dir: Path):
-    """Ctrl-C inside a fine-tune: one line naming the last saved epoch and the resume command."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        states = sorted(Path(directory).glob("state-*.pt"), key=lambda p: p.stat().st_mtime)
-        where = (f"after epoch {epochs_done(states[-1])} of fine-tuning {states[-1].stem[len('state-'):]}"
-                 if states else "during the fine-tune")
-        raise Interrupted(f"interrupted {where}; resume with {resume_with(resume_dir)}") from None
+def finetune_progress(directory: Path) -> str:
+    """Where an interrupted fine-tune in `directory` stands, for its one line: after the last
+    saved epoch of the newest plan's state, or during the fine-tune."""
+    states = sorted(Path(directory).glob("state-*.pt"), key=lambda p: p.stat().st_mtime)
+    return (f"after epoch {epochs_done(states[-1])} of fine-tuning {states[-1].stem[len('state-'):]}"
+            if states else "during the fine-tune")

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
+import torch.nn as nn
 from omegaconf import DictConfig
 
 from gaprune.engine.checkpoint import example_input, load_model, save_checkpoint
 from gaprune.engine.grow_prune import GrowPruneConfig
-from gaprune.engine.grow_prune_schedule import grow_and_prune
-from gaprune.engine.training import evaluate
+from gaprune.engine.grow_prune_schedule import GrowPruneResult, grow_and_prune
+from gaprune.engine.training import TrainConfig, evaluate
 from gaprune.models import build_model
-from gaprune.pipeline import setup
-from gaprune.pipeline.setup import loader, make_logger, model_spec, open_run, plain, train_config, train_loader
-from gaprune.pipeline.training_state import done_baseline, hold_baseline, stopped_training
+from gaprune.pipeline.lifecycle import job_run
+from gaprune.pipeline.setup import Run, baseline_identity, baseline_path, loader, model_spec, plain, train_loader, training_recipe
+from gaprune.pipeline.training_state import done_baseline, hold_baseline, report_training
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.io import write_csv, write_json
 from gaprune.utils.plots import plot_grow_prune
@@ -36,68 +37,112 @@ def schedule_config(cfg: DictConfig) -> GrowPruneConfig:
     return GrowPruneConfig(**{k: trainer[k] for k in SCHEDULE_KEYS if k in trainer}, seed=int(cfg.seed))
 
 
-def _baseline(cfg: DictConfig) -> Path:
-    find = getattr(setup, "baseline_path", None)  # hashed default names where the setup has them
-    return Path(find(cfg)) if find is not None else Path(str(cfg.baseline))
-
-
 def run_grow_prune(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
-    """Grow, prune and retrain the seed VGG described by cfg; save it at the baseline path."""
+    """Grow, prune and retrain the seed VGG described by cfg; save it at the baseline path.
+
+    Args:
+        cfg: the train.py config with `model=vgg_seed trainer=grow_prune`.
+        directory: the run dir (default: Hydra's).
+
+    Returns:
+        The summary written to train_summary.json (the checkpoint's meta, its path, the epochs).
+    """
+    config, gp = checked_schedule(cfg)
+    with job_run(cfg, "train", directory=directory) as job:
+        run, path, spec = job.run, baseline_path(cfg), model_spec(cfg)
+        device, bundle, trainer = run.device, run.bundle, cfg.trainer
+        state_path = hold_baseline(cfg, path)  # one process per baseline; a rerun resumes only the same config
+        seed_layers = _seed_layers(run, spec)
+        train_batches = train_loader(cfg, bundle, trainer.batch_size, device)
+        val_batches = loader(bundle, "val", trainer.eval_batch_size, device)
+        meta: dict[str, Any] = {"data": {"name": bundle.name, "num_classes": bundle.num_classes,
+                                         "in_channels": bundle.in_channels, "image_size": bundle.image_size}}
+        logger = job.logger
+        report_training(job, state_path, path)
+        result = grow_and_prune(seed_layers, _rebuilder(spec, bundle), train_batches, val_batches,
+                                _scoring_batches(cfg, bundle, device, gp), config, gp, state_path, example_input(meta),
+                                device, desc=f"grow-prune {spec['name']}",
+                                on_epoch=lambda row: logger.log({k: v for k, v in row.items() if not isinstance(v, list)},
+                                                                step=int(row["epoch"])))
+        model = result.model
+        val = evaluate(model, val_batches)
+        test = evaluate(model, loader(bundle, "test", trainer.eval_batch_size, device))
+        meta.update(grown_meta(cfg, spec, seed_layers, result, val["acc"], test["acc"]))
+        save_checkpoint(path, model.cpu(), meta)
+        done_baseline(state_path)
+        job.report(None)  # saved: nothing left to continue
+        write_history(job.directory, result)
+        summary = {**meta, "checkpoint": str(path.resolve()), "epochs": len(result.history)}
+        if trainer.get("reference"):
+            write_json(job.directory / "results.json", results_vs(trainer.reference, meta))
+        job.finish(summary, "train_summary.json", {"val_acc": val["acc"], "test_acc": test["acc"], "macs": meta["macs"],
+                                                   "params": meta["params"]})
+    print(f"grow-and-prune {spec['name']} on {bundle.name}: widths {seed_layers} -> {list(result.layers)}; val acc "
+          f"{val['acc']:.4f}, test acc {test['acc']:.4f}, MACs {meta['macs'] / 1e6:.2f}M, params "
+          f"{meta['params'] / 1e6:.3f}M -> {path}")
+    return summary
+
+
+def checked_schedule(cfg: DictConfig) -> tuple[TrainConfig, GrowPruneConfig]:
+    """The training recipe and the grow/prune schedule of cfg, checked (one line on a bad option)
+    before anything is written."""
     if cfg.model.name != "vgg_seed":
         raise GapruneError(f"trainer=grow_prune grows a seed VGG, not model={cfg.model.name}; use model=vgg_seed "
                            "(model.params.layers sets the seed's stage/channel list)")
-    config, gp = train_config(cfg.trainer), schedule_config(cfg)
+    config, gp = training_recipe(cfg.trainer), schedule_config(cfg)
     config.validate()
     gp.validate(config.epochs)
-    run = open_run(cfg, directory=directory)
-    path, directory, device, bundle, spec = _baseline(cfg), run.directory, run.device, run.bundle, model_spec(cfg)
-    state_path = hold_baseline(cfg, path)  # one process per baseline; a rerun resumes only the same config
-    kwargs = dict(spec["kwargs"])
-    seed_model = run.build_untrained()  # resolves the width multiplier into plain widths
-    widths = iter(int(conv.out_channels) for conv in seed_model.convs)
-    seed_layers = [item if item == "M" else next(widths) for item in (kwargs.get("layers") or _default_layers())]
+    return config, gp
 
+
+def _seed_layers(run: Run, spec: dict[str, Any]) -> list:
+    """The seed's stage/channel list with the width multiplier resolved into plain widths."""
+    seed_model = run.build_untrained()
+    widths = iter(int(conv.out_channels) for conv in seed_model.convs)
+    return [item if item == "M" else next(widths) for item in (spec["kwargs"].get("layers") or _default_layers())]
+
+
+def _rebuilder(spec: dict[str, Any], bundle) -> Callable[[list], nn.Module]:
+    """Builds the seed VGG at given widths (width multiplier 1) for the dataset."""
     def rebuild(layers):
         return build_model(spec["name"], bundle.num_classes, bundle.in_channels, bundle.image_size,
-                           **{**kwargs, "layers": list(layers), "width": 1.0})
+                           **{**spec["kwargs"], "layers": list(layers), "width": 1.0})
 
+    return rebuild
+
+
+def _scoring_batches(cfg: DictConfig, bundle, device, gp: GrowPruneConfig) -> Callable[[int], Iterable]:
+    """The growth-scoring batches of an epoch: `gp.score_batches` unaugmented training batches,
+    shuffled by a seed of (run seed, epoch)."""
     trainer = cfg.trainer
-    train_batches = train_loader(cfg, bundle, trainer.batch_size, device)
-    val_batches = loader(bundle, "val", trainer.eval_batch_size, device)
 
     def score_batches(epoch: int):
         batches = loader(bundle, "train", trainer.batch_size, device, seed=int(cfg.seed) * 7919 + epoch, train=True,
                          augment=False)
         return itertools.islice(batches, gp.score_batches)
 
-    meta: dict[str, Any] = {"data": {"name": bundle.name, "num_classes": bundle.num_classes,
-                                     "in_channels": bundle.in_channels, "image_size": bundle.image_size}}
-    logger = make_logger(cfg, directory, "train")
-    try:
-        result = grow_and_prune(seed_layers, rebuild, train_batches, val_batches, score_batches, config, gp, state_path,
-                                example_input(meta), device,
-                                on_epoch=lambda row: logger.log({k: v for k, v in row.items() if not isinstance(v, list)},
-                                                                step=int(row["epoch"])),
-                                desc=f"grow-prune {spec['name']}")
-    except KeyboardInterrupt:
-        raise stopped_training(state_path, path) from None
-    model = result.model
-    val = evaluate(model, val_batches)
-    test = evaluate(model, loader(bundle, "test", trainer.eval_batch_size, device))
+    return score_batches
+
+
+def grown_meta(cfg: DictConfig, spec: dict[str, Any], seed_layers: list, result: GrowPruneResult, val_acc: float,
+               test_acc: float) -> dict[str, Any]:
+    """The checkpoint meta of the grown-and-pruned model: the seed VGG at its final widths, its
+    accuracies and costs, the schedule's record and (where the setup records one) the training config."""
     final = result.history[-1]
-    meta.update({
-        "model": {**spec, "kwargs": {**kwargs, "layers": list(result.layers), "width": 1.0}},
-        "seed": int(cfg.seed), "val_acc": val["acc"], "test_acc": test["acc"], "macs": final["macs"],
+    meta = {
+        "model": {**spec, "kwargs": {**spec["kwargs"], "layers": list(result.layers), "width": 1.0}},
+        "seed": int(cfg.seed), "val_acc": val_acc, "test_acc": test_acc, "macs": final["macs"],
         "params": final["params"],
         "grow_prune": {"seed_layers": seed_layers, "final_layers": list(result.layers),
                        "seed_params": result.initial["params"], "seed_macs": result.initial["macs"],
                        "peak_params": max(r["params"] for r in result.history), **result.prune_info},
-    })
-    record = getattr(setup, "training_config", None)
-    if record is not None:
-        meta["train_config"] = record(cfg)
-    save_checkpoint(path, model.cpu(), meta)
-    done_baseline(state_path)
+    }
+    meta["train_config"] = baseline_identity(cfg)  # the checkpoint key "train_config": what identifies the baseline
+    return meta
+
+
+def write_history(directory: Path, result: GrowPruneResult) -> None:
+    """history.json / .csv (the seed row first), prune_plan.json (once pruned) and the widths plot."""
     rows = [result.initial, *result.history]
     write_json(directory / "history.json", rows)
     write_csv(directory / "history.csv", [{k: "-".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()}
@@ -105,17 +150,6 @@ def run_grow_prune(cfg: DictConfig, directory: Path | None = None) -> dict[str, 
     if result.plan is not None:
         write_json(directory / "prune_plan.json", result.plan.to_json())
     plot_grow_prune(rows, directory / "widths.png")
-    summary = {**meta, "checkpoint": str(path.resolve()), "epochs": len(result.history)}
-    write_json(directory / "train_summary.json", summary)
-    reference = trainer.get("reference")
-    if reference:
-        write_json(directory / "results.json", results_vs(reference, meta))
-    logger.summary({"val_acc": val["acc"], "test_acc": test["acc"], "macs": meta["macs"], "params": meta["params"]})
-    logger.finish()
-    print(f"grow-and-prune {spec['name']} on {bundle.name}: widths {seed_layers} -> {list(result.layers)}; val acc "
-          f"{val['acc']:.4f}, test acc {test['acc']:.4f}, MACs {meta['macs'] / 1e6:.2f}M, params "
-          f"{meta['params'] / 1e6:.3f}M -> {path}")
-    return summary
 
 
 def _default_layers() -> list:

@@ -20,7 +20,7 @@ from gaprune.deploy.lut import LatencyCost, load_or_measure
 from gaprune.pipeline.setup import plain
 from gaprune.utils.errors import GapruneError
 
-LUT_DEFAULTS = {"batch": 1, "repeats": 15, "clock": "wall"}
+LUT_OPTIONS = ("batch", "repeats", "clock")  # `LatencyLUT.measure` arguments; defaults: conf/search.yaml
 
 
 def latency_settings(cfg: DictConfig) -> LatencySettings | None:
@@ -40,10 +40,11 @@ def wants_latency(cfg: DictConfig, objectives: list[str] | None = None) -> bool:
 
 
 def lut_options(cfg: DictConfig) -> dict[str, Any]:
-    options = {**LUT_DEFAULTS, **(plain(cfg.get("latency_lut")) or {})}
-    unknown = set(options) - set(LUT_DEFAULTS)
-    if unknown:
-        raise GapruneError(f"latency_lut has no option(s) {', '.join(sorted(unknown))}; options: {', '.join(LUT_DEFAULTS)}")
+    options = plain(cfg.get("latency_lut")) or {}
+    unknown, missing = set(options) - set(LUT_OPTIONS), set(LUT_OPTIONS) - set(options)
+    if unknown or missing:
+        raise GapruneError(f"latency_lut needs exactly the options {', '.join(LUT_OPTIONS)} (unknown: "
+                           f"{', '.join(sorted(unknown)) or 'none'}, missing: {', '.join(sorted(missing)) or 'none'})")
     if options["clock"] not in CLOCKS or int(options["batch"]) < 1 or int(options["repeats"]) < 1:
         raise GapruneError(f"latency_lut={options} invalid: clock one of {', '.join(CLOCKS)}, batch and repeats >= 1")
     return options

@@ -15,6 +15,8 @@ from gaprune.engine.training import TRAINING_STATE
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.io import read_record, read_torch_dict
 
+RESTART = "start a new run (resume cannot continue this one)"  # never: delete a run's files
+
 STATE = "state.json"
 RECORDS = "evaluations.json"
 GENERATIONS = "generations.json"
@@ -99,12 +101,11 @@ def read_finalists(path: Path) -> dict[str, Any] | None:
     """finalists.json (None when there is none); its rows are finalists it lists."""
     if not path.exists():
         return None
-    saved = read_record(path, "finalists", "delete it (the finalists are then fine-tuned again)",
+    saved = read_record(path, "finalists", RESTART,
                         fields(("target", "ids", "rows"), ("rows",)))
     strays = [r.get("id") for r in saved["rows"] if not isinstance(saved["ids"], list) or r.get("id") not in saved["ids"]]
     if strays or saved.get("winner") not in (None, *(saved["ids"] or [])):
-        raise GapruneError(f"finalists '{path}' is damaged (rows or winner not among its ids); delete it (the "
-                           "finalists are then fine-tuned again)")
+        raise GapruneError(f"finalists '{path}' is damaged (rows or winner not among its ids); {RESTART}")
     return saved
 
 
@@ -112,12 +113,11 @@ def read_results(path: Path) -> list[dict[str, Any]]:
     """The finished rows of a fine-tune table (none when there is no results.json)."""
     if not path.exists():
         return []
-    saved = read_record(path, "fine-tune results", "delete it to fine-tune its plans again, or start a new run",
+    saved = read_record(path, "fine-tune results", RESTART,
                         fields(("results",), ("results",)))
     bad = next((i for i, r in enumerate(saved["results"]) if "plan_id" not in r or "pick" not in r), None)
     if bad is not None:
-        raise GapruneError(f"fine-tune results '{path}' is damaged (row {bad} has no plan_id / pick); delete it to "
-                           "fine-tune its plans again, or start a new run")
+        raise GapruneError(f"fine-tune results '{path}' is damaged (row {bad} has no plan_id / pick); {RESTART}")
     return saved["results"]
 
 
@@ -130,8 +130,7 @@ def check_states(directory: Path) -> None:
     """Every per-epoch fine-tune state in `directory` is a training state whose tensors match their
     hash: checked before any training, so a bad one is named before hours of work."""
     for path in sorted(directory.glob("state-*.pt")):
-        read_torch_dict(path, "training state", "delete it to restart that plan's fine-tune from epoch 0",
-                        TRAINING_STATE)
+        read_torch_dict(path, "training state", RESTART, TRAINING_STATE)
 
 
 SEARCH_FIX = "rerun the search (or give another search_dir=)"

@@ -105,7 +105,7 @@ def saved_config(directory: Path) -> dict[str, Any] | None:
     """The config a run dir was started with: run_config.json, else Hydra's record of an older run."""
     path = directory / RUN_CONFIG
     if path.exists():
-        return read_record(path, "run config", "start a new run, or delete it to resume without comparing configs",
+        return read_record(path, "run config", "start a new run (resume cannot continue this one)",
                            lambda v: None if isinstance(v, dict) else f"a {type(v).__name__}, not a config")
     hydra = directory / ".hydra" / "config.yaml"
     try:
@@ -152,6 +152,18 @@ def keep_config(directory: Path, cfg: DictConfig, resuming: bool,
             return saved  # resumed as it was: the record is not rewritten
     write_json(directory / RUN_CONFIG, ours)
     return ours
+
+
+def in_sweep() -> bool:
+    """Whether this process runs a job of a Hydra multirun sweep (`gaprune.pipeline.sweep`: there
+    resume=true continues each job's own sub-dir of hydra.sweep.dir)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        return False
 
 
 # --- the command that continues a run ------------------------------------------------------------

@@ -25,7 +25,9 @@ from gaprune.engine.compute import Compute, format_macs
 from gaprune.engine.training import seed_everything
 from gaprune.pipeline.finetune import run_finetune
 from gaprune.pipeline.latency import search_latency_cost, validate_latency
+from gaprune.pipeline.lifecycle import JobRun, job_run
 from gaprune.pipeline.network import (  # noqa: F401
+    NetworkSearch,
     at_target,
     build_search,
     finalist_fitness_params,
@@ -34,8 +36,7 @@ from gaprune.pipeline.network import (  # noqa: F401
     search_space_of,
 )
 from gaprune.pipeline.records import FINALISTS, RECORDS, STATE, check_states, read_finalists, read_search
-from gaprune.pipeline.runconfig import resume_with
-from gaprune.pipeline.setup import Run, loader, make_logger, open_run, plain
+from gaprune.pipeline.setup import Run, loader, plain
 from gaprune.pipeline.train import ensure_baseline
 from gaprune.pruning.cost import CostModel
 from gaprune.pruning.importance import IMPORTANCES, cache_file, compute_importance, importance_macs
@@ -97,83 +98,105 @@ def validate_search_config(cfg: DictConfig) -> None:
 
 
 def run_network_search(cfg: DictConfig) -> dict[str, Any]:
-    """searcher=network: one genome per whole-network plan, evolved by `optimizer` over `encoding`."""
+    """searcher=network: one genome per whole-network plan, evolved by `optimizer` over `encoding`;
+    records checkpointed every generation (resume=), then finalists, picks and plots, then the
+    fine-tune of `pick` when `then_finetune`.
+
+    Args:
+        cfg: the search.py config.
+
+    Returns:
+        The summary written to search_summary.json (with the fine-tune's rows under "finetune").
+    """
     validate_search_config(cfg)
-    run = open_run(cfg, (STATE,), "search")
-    directory = run.directory
-    state, generations, saved = None, [], []
-    if run.resuming:  # damaged or inconsistent records are named before any work
-        state, saved, generations = read_search(directory)
-        read_finalists(directory / FINALISTS)
-        check_states(directory / "finetune")
-    ensure_baseline(cfg, run.directory)
-    run.reference()
-    baseline_path, meta, units = run.baseline_path, run.meta, run.units
-    importance, encoding, cost = search_space(run)
-    fitness = fitness_from_config(cfg.fitness, run, importance)
-    search = build_search(cfg, encoding, cost, importance, fitness, importance_compute(run, cfg.importance),
-                          latency=lambda objectives: search_latency_cost(cfg, run, objectives))  # None unless asked for
-    problem, optimizer = search.problem, search.optimizer
-
-    if state is not None:
-        problem.restore(saved, state["cache_hits"])
-        print(f"resuming search in {directory} after generation {state['generation']}")
-    seed_everything(cfg.seed)
-
-    logger = make_logger(cfg, directory, "search")
-    started = time.perf_counter() - (generations[-1]["seconds"] if generations else 0.0)
-    bar = tqdm(total=optimizer.config.generations + 1, initial=len(generations), desc=f"search {cfg.optimizer.name}",
-               unit="gen", leave=False, dynamic_ncols=True)
-
-    def on_generation(generation: int, population, _offspring) -> None:
-        row = generation_row(generation, population, problem, started)
-        generations.append(row)
-        write_json(directory / RECORDS, problem.records)
-        write_json(directory / "generations.json", generations)
-        write_csv(directory / "generations.csv", generations)
-        write_json(directory / STATE, {**optimizer.to_state(generation, population), "records": len(problem.records),
-                                              "cache_hits": problem.cache_hits})
-        logger.log({k: v for k, v in row.items() if k != "generation"}, step=generation)
-        bar.update(1)
-        bar.set_postfix(best=f"{row['best_score']:.4f}", evals=row["evaluations"])
-
-    if optimizer.config.generations == 0:
-        print("optimizer.params.generations=0: only the initial population is evaluated")
-    if state is None or state["generation"] < optimizer.config.generations:
+    with job_run(cfg, "search", (STATE,), "search") as job:
+        run, directory = job.run, job.directory
+        state, saved, generations = None, [], []
+        if run.resuming:  # damaged or inconsistent records are named before any work
+            state, saved, generations = read_search(directory)
+            read_finalists(directory / FINALISTS)
+            check_states(directory / "finetune")
+        ensure_baseline(cfg, directory)
+        run.reference()
+        importance, encoding, cost = search_space(run)
+        fitness = fitness_from_config(cfg.fitness, run, importance)
+        search = build_search(cfg, encoding, cost, importance, fitness, importance_compute(run, cfg.importance),
+                              latency=lambda objectives: search_latency_cost(cfg, run, objectives))  # None unless asked for
+        if state is not None:
+            search.problem.restore(saved, state["cache_hits"])
+            print(f"resuming search in {directory} after generation {state['generation']}")
+        seed_everything(cfg.seed)
+        evolve(job, search, state, generations)
+        job.report("during the finalists' fine-tunes")
         try:
-            search.run(on_generation, state)  # closes the fitness (stops fitness.workers > 1) before the fine-tune
-        except KeyboardInterrupt:
-            bar.close()
-            logger.finish()
-            if not generations:
-                raise Interrupted("interrupted before the first generation finished; nothing to resume, "
-                                  "start the search again") from None
-            raise Interrupted(f"interrupted after generation {generations[-1]['generation']}; resume with "
-                              f"{resume_with(directory)}") from None
-    bar.close()
-
-    try:
-        target_pick = search.conclude(directory, lambda: finalist_fitness(cfg, run, importance))
-    except Interrupted:
-        raise Interrupted(f"interrupted during the finalists' fine-tunes; resume with {resume_with(directory)}") from None
-    summary = finish_search(cfg, directory, problem, encoding, units, generations, baseline_path, meta, target_pick,
-                            search.spent)
-    logger.summary({**{k: v for k, v in summary.items() if isinstance(v, (int, float))}, "picks": summary["picks"],
+            target_pick = search.conclude(directory, lambda: finalist_fitness(cfg, run, importance))
+        except Interrupted:  # the finalists' own line names resume=<dir>; the job's names the whole command
+            raise job.interrupted() from None
+        job.report(f"after generation {generations[-1]['generation']}")
+        summary = finish_search(cfg, directory, search.problem, encoding, run.units, generations, run.baseline_path,
+                                run.meta, target_pick, search.spent)
+        job.logger.table("evaluations", [{k: v for k, v in r.items() if k != "genome"} for r in search.problem.records])
+        job.logger.images({name: directory / f"{name}.png" for name in ("fitness", "pareto", "keep_ratios")})
+        job.finish(summary, "search_summary.json",
+                   {**{k: v for k, v in summary.items() if isinstance(v, (int, float))}, "picks": summary["picks"],
                     "compute_macs_by_phase": summary["compute_macs_by_phase"]})
-    logger.table("evaluations", [{k: v for k, v in r.items() if k != "genome"} for r in problem.records])
-    logger.images({name: directory / f"{name}.png" for name in ("fitness", "pareto", "keep_ratios")})
-    logger.finish()
     if cfg.then_finetune:
         summary["finetune"] = run_finetune(cfg, directory, directory / "finetune")
     return summary
 
 
+def evolve(job: JobRun, search: NetworkSearch, state: dict[str, Any] | None, generations: list[dict[str, Any]]) -> None:
+    """Run the optimizer's generations (those after `state`'s when resuming), recording each
+    (`GenerationRecords`); a search that already ran them all is left as it is."""
+    records = GenerationRecords(job, search, generations)
+    total = search.optimizer.config.generations
+    if total == 0:
+        print("optimizer.params.generations=0: only the initial population is evaluated")
+    try:
+        if state is None or state["generation"] < total:
+            search.run(records, state)  # closes the fitness (stops fitness.workers > 1) before the fine-tune
+    finally:
+        records.bar.close()
+
+
+class GenerationRecords:
+    """What the search leaves behind after every generation: its row (generations.json / .csv,
+    the logger, the progress bar), every record so far (evaluations.json) and the optimizer's
+    state (state.json, written last: a resume continues from it), then the job's interrupt line."""
+
+    def __init__(self, job: JobRun, search: NetworkSearch, generations: list[dict[str, Any]]) -> None:
+        self.job, self.problem, self.optimizer, self.generations = job, search.problem, search.optimizer, generations
+        self.logger = job.logger
+        self.started = time.perf_counter() - (generations[-1]["seconds"] if generations else 0.0)
+        self.bar = tqdm(total=self.optimizer.config.generations + 1, initial=len(generations),
+                        desc=f"search {job.cfg.optimizer.name}", unit="gen", leave=False, dynamic_ncols=True)
+        if generations:
+            job.report(f"after generation {generations[-1]['generation']}")
+        else:
+            job.report("before the first generation finished", "nothing to resume, start the search again")
+
+    def __call__(self, generation: int, population, _offspring) -> None:
+        directory, problem = self.job.directory, self.problem
+        row = generation_row(generation, population, problem, self.started)
+        self.generations.append(row)
+        write_json(directory / RECORDS, problem.records)
+        write_json(directory / "generations.json", self.generations)
+        write_csv(directory / "generations.csv", self.generations)
+        write_json(directory / STATE, {**self.optimizer.to_state(generation, population), "records": len(problem.records),
+                                       "cache_hits": problem.cache_hits})
+        self.job.report(f"after generation {generation}")
+        self.logger.log({k: v for k, v in row.items() if k != "generation"}, step=generation)
+        self.bar.update(1)
+        self.bar.set_postfix(best=f"{row['best_score']:.4f}", evals=row["evaluations"])
+
+
 def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, units, generations,
                   baseline_path: Path, meta: dict[str, Any], target_pick: dict[str, Any] | None = None,
                   spent: Compute | None = None) -> dict[str, Any]:
-    """Pareto set, picks, plots and summary from the records; `target_pick` (the finalists'
-    winner) replaces the highest-proxy plan at the MACs target; `spent`: the search's compute
-    by phase (summary `compute_macs`, `compute_macs_by_phase`)."""
+    """Pareto set, picks and plots from the records, and the summary (search_summary.json: the
+    caller writes it); `target_pick` (the finalists' winner) replaces the highest-proxy plan at
+    the MACs target; `spent`: the search's compute by phase (summary `compute_macs`,
+    `compute_macs_by_phase`)."""
     spent = spent or Compute()
     records = problem.records
     front, picks = search_picks(cfg, records, target_pick)
@@ -213,7 +236,6 @@ def finish_search(cfg: DictConfig, directory: Path, problem: Problem, encoding, 
         "picks": {name: {k: r[k] for k in ("id", "proxy", "score", "macs_reduction", "params_reduction")}
                   for name, r in picks.items()},
     }
-    write_json(directory / "search_summary.json", summary)
     knee_pick = picks["knee"]
     print(f"search done: {len(records)} plans evaluated ({problem.cache_hits} cache hits) in {summary['seconds']:.1f}s, "
           f"{format_macs(spent.total)} MACs of compute; "

@@ -26,7 +26,7 @@ from gaprune.data.loaders import make_loader
 from gaprune.engine.checkpoint import example_input, load_model
 from gaprune.engine.training import TrainConfig, resolve_device, seed_everything
 from gaprune.models import build_model
-from gaprune.pipeline.runconfig import flat, keep_config, normalised, snapshot
+from gaprune.pipeline.runconfig import flat, in_sweep, keep_config, normalised, snapshot
 from gaprune.pruning.units import PrunableUnit, discover_units
 from gaprune.utils.checks import check_bool, check_device, check_numbers, check_seed
 from gaprune.utils.errors import GapruneError
@@ -62,16 +62,22 @@ def requeued(directory: Path, markers: Sequence[str]) -> bool:
 def resolve_resume(cfg: DictConfig, fresh_dir: Path, markers: Sequence[str], kind: str) -> tuple[Path, bool]:
     """(run dir, resuming?) from resume=false|true|<run dir>. A resumable run dir holds a file
     matching one of `markers` (glob patterns); true picks the newest such run under
-    <output_root>/<task>. With resume=false a requeued cluster job resumes its own run dir
-    (`requeued`)."""
+    <output_root>/<task>, except in a multirun sweep: there each job continues its own sub-dir of
+    hydra.sweep.dir (`gaprune.pipeline.sweep`). With resume=false a requeued cluster job resumes
+    its own run dir (`requeued`); a fresh run in a run dir that holds one is refused."""
     resume = cfg.get("resume")
     if resume in (None, False, "false"):
         if requeued(fresh_dir, markers):
             print(f"requeued job: resuming its {kind} run dir {fresh_dir}")
             return fresh_dir, True
+        if _resumable(fresh_dir, markers):  # hydra.run.dir / hydra.sweep.dir of a run: never started over
+            raise GapruneError(f"the run dir '{fresh_dir}' already holds a {kind} run; continue it with resume=true "
+                               "(a sweep: each job its own), or give a new hydra.run.dir= / hydra.sweep.dir=")
         return fresh_dir, False
 
     what = " or ".join(markers)
+    if resume in (True, "true") and in_sweep():  # a sweep's job: its own sub-dir of hydra.sweep.dir
+        return fresh_dir, _resumable(fresh_dir, markers)
     if resume in (True, "true"):
         root = Path(cfg.paths.output_root) / cfg.task
         found = {p.parent for marker in markers for p in root.rglob(marker) if p.parent != fresh_dir}
@@ -119,7 +125,7 @@ def _folder_classes(data_dir: Path) -> int | None:
         return None
 
 
-def training_config(cfg: DictConfig) -> dict[str, Any]:
+def baseline_identity(cfg: DictConfig) -> dict[str, Any]:
     """Everything that changes the trained baseline, shaped like the config (so a dotted key
     names the override): model name + params, dataset name + the params that change the data
     (the folder itself for imagefolder, train_limit, val_fraction, image_size), split_seed,
@@ -140,9 +146,9 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def baseline_key(cfg: DictConfig) -> str:
-    """A short stable hash of `training_config` (without the seed): two configs share a default
+    """A short stable hash of `baseline_identity` (without the seed): two configs share a default
     baseline checkpoint exactly when they would train the same model."""
-    record = {k: v for k, v in training_config(cfg).items() if k not in NOT_COMPARED}
+    record = {k: v for k, v in baseline_identity(cfg).items() if k not in NOT_COMPARED}
     text = json.dumps(normalised(record), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:6]
 
@@ -157,14 +163,14 @@ def baseline_path(cfg: DictConfig) -> Path:
     return Path(str(cfg.paths.checkpoints)) / f"{cfg.model.name}-{cfg.dataset.name}-{baseline_key(cfg)}.pt"
 
 
-def check_training_config(meta: dict[str, Any], cfg: DictConfig, path: Path | str) -> None:
+def check_baseline_identity(meta: dict[str, Any], cfg: DictConfig, path: Path | str) -> None:
     """A baseline whose checkpoint records its training config (meta["train_config"]) must have
     been trained with this run's model / dataset / trainer settings; one line naming the first
     difference otherwise. Checkpoints without a record (older ones) are not checked."""
     recorded = meta.get("train_config")
     if not isinstance(recorded, dict):
         return
-    ours = flat({k: v for k, v in training_config(cfg).items() if k not in NOT_COMPARED})
+    ours = flat({k: v for k, v in baseline_identity(cfg).items() if k not in NOT_COMPARED})
     theirs = flat({k: v for k, v in recorded.items() if k not in NOT_COMPARED})
     for key in sorted(set(ours) | set(theirs)):
         a, b = normalised(theirs.get(key)), normalised(ours.get(key))
@@ -242,7 +248,7 @@ def train_loader(cfg: DictConfig, bundle: DataBundle, batch_size: int, device, s
                   augment=bool(cfg.dataset.augment))
 
 
-def train_config(section: DictConfig) -> TrainConfig:
+def training_recipe(section: DictConfig) -> TrainConfig:
     """A training recipe (`trainer` or `finetune` group) as a TrainConfig (loader keys dropped)."""
     keys = TrainConfig.__dataclass_fields__
     return TrainConfig(**{k: v for k, v in plain(section).items() if k in keys})
@@ -309,7 +315,7 @@ class Run:
         if pruned is not None:
             raise GapruneError(f"baseline='{path}' is already pruned; give an unpruned baseline checkpoint")
         check_dataset(meta, cfg, path, "point baseline= at the right checkpoint")
-        check_training_config(meta, cfg, path)
+        check_baseline_identity(meta, cfg, path)
         self.baseline_path, self.model, self.meta, self.x0 = path, model, meta, example_input(meta)
         if units:
             self.units = discover_units(model, self.x0, include_linear=bool(cfg.model.include_linear))

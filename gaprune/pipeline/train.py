@@ -14,64 +14,68 @@ from omegaconf import DictConfig
 from gaprune.engine.checkpoint import example_input, save_checkpoint
 from gaprune.engine.training import evaluate, train_with_state
 from gaprune.pipeline.grow_prune import run_grow_prune
+from gaprune.pipeline.lifecycle import job_run
 from gaprune.pipeline.setup import (
     baseline_path,
     check_writable,
     loader,
-    make_logger,
     model_spec,
-    open_run,
-    train_config,
+    training_recipe,
     train_loader,
-    training_config,
+    baseline_identity,
 )
-from gaprune.pipeline.training_state import done_baseline, hold_baseline, stopped_training
+from gaprune.pipeline.training_state import done_baseline, hold_baseline, report_training
 from gaprune.pruning.physical import count_macs_params
 from gaprune.utils.errors import GapruneError
-from gaprune.utils.io import write_csv, write_json
+from gaprune.utils.io import write_csv
 from gaprune.utils.lock import releasing
 
 
 @releasing
 def run_train(cfg: DictConfig, directory: Path | None = None) -> dict[str, Any]:
-    """Train the baseline described by cfg and save it at `baseline_path(cfg)`."""
+    """Train the baseline described by cfg and save it at `baseline_path(cfg)`.
+
+    Args:
+        cfg: the train.py config (`trainer.schedule=grow_prune`: `run_grow_prune`).
+        directory: the run dir (default: Hydra's; a search training its missing baseline passes its own).
+
+    Returns:
+        The summary written to train_summary.json.
+    """
     if cfg.trainer.get("schedule") == "grow_prune":  # GGPA grow-and-prune: gaprune/pipeline/grow_prune.py
         return run_grow_prune(cfg, directory)
-    run = open_run(cfg, directory=directory)
-    path = baseline_path(cfg)
-    state_path = hold_baseline(cfg, path)  # per-epoch state: a rerun of the same command resumes
-    directory, device, bundle, spec = run.directory, run.device, run.bundle, model_spec(cfg)
-    model = run.build_untrained().to(device)
-    logger = make_logger(cfg, directory, "train")
-    trainer = cfg.trainer
-    train_batches = train_loader(cfg, bundle, trainer.batch_size, device)
-    val_batches = loader(bundle, "val", trainer.eval_batch_size, device)
-    try:
-        history = train_with_state(model, train_batches, val_batches, train_config(trainer), state_path,
+    with job_run(cfg, "train", directory=directory) as job:
+        run, path = job.run, baseline_path(cfg)
+        state_path = hold_baseline(cfg, path)  # per-epoch state: a rerun of the same command resumes
+        directory, device, bundle, spec = run.directory, run.device, run.bundle, model_spec(cfg)
+        model = run.build_untrained().to(device)
+        logger, trainer = job.logger, cfg.trainer
+        train_batches = train_loader(cfg, bundle, trainer.batch_size, device)
+        val_batches = loader(bundle, "val", trainer.eval_batch_size, device)
+        report_training(job, state_path, path)
+        history = train_with_state(model, train_batches, val_batches, training_recipe(trainer), state_path,
                                    on_epoch=lambda row: logger.log(row, step=int(row["epoch"])),
                                    desc=f"train {spec['name']}")
-    except KeyboardInterrupt:
-        raise stopped_training(state_path, path) from None
-    val = evaluate(model, val_batches)
-    test = evaluate(model, loader(bundle, "test", trainer.eval_batch_size, device))
-    meta = {
-        "model": spec,
-        "data": {"name": bundle.name, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
-                 "image_size": bundle.image_size},
-        "seed": int(cfg.seed),
-        "train_config": training_config(cfg),
-        "val_acc": val["acc"],
-        "test_acc": test["acc"],
-    }
-    macs, params = count_macs_params(model.cpu().eval(), example_input(meta))
-    meta.update(macs=macs, params=params)
-    save_checkpoint(path, model, meta)
-    done_baseline(state_path)
-    summary = {**meta, "checkpoint": str(path.resolve()), "epochs": len(history)}
-    write_csv(directory / "history.csv", history)
-    write_json(directory / "train_summary.json", summary)
-    logger.summary({"val_acc": val["acc"], "test_acc": test["acc"], "macs": macs, "params": params})
-    logger.finish()
+        val = evaluate(model, val_batches)
+        test = evaluate(model, loader(bundle, "test", trainer.eval_batch_size, device))
+        meta = {
+            "model": spec,
+            "data": {"name": bundle.name, "num_classes": bundle.num_classes, "in_channels": bundle.in_channels,
+                     "image_size": bundle.image_size},
+            "seed": int(cfg.seed),
+            "train_config": baseline_identity(cfg),
+            "val_acc": val["acc"],
+            "test_acc": test["acc"],
+        }
+        macs, params = count_macs_params(model.cpu().eval(), example_input(meta))
+        meta.update(macs=macs, params=params)
+        save_checkpoint(path, model, meta)
+        done_baseline(state_path)
+        job.report(None)  # saved: nothing left to continue
+        summary = {**meta, "checkpoint": str(path.resolve()), "epochs": len(history)}
+        write_csv(directory / "history.csv", history)
+        job.finish(summary, "train_summary.json", {"val_acc": val["acc"], "test_acc": test["acc"], "macs": macs,
+                                                   "params": params})
     print(f"baseline {spec['name']} on {bundle.name}: val acc {val['acc']:.4f}, test acc {test['acc']:.4f}, "
           f"MACs {macs / 1e6:.2f}M, params {params / 1e6:.3f}M -> {path}")
     return summary

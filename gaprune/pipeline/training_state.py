@@ -1,15 +1,15 @@
 """A baseline's training state between epochs: one process at a time per baseline
 (`<baseline>.lock`), the training config it was started with beside its per-epoch state
-(`<baseline>.state.json`), and the one line an interrupted training prints."""
+(`<baseline>.state.json`), and the one line an interrupted training prints (`report_training`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from omegaconf import DictConfig
 
+from gaprune.pipeline.lifecycle import JobRun
 from gaprune.pipeline.runconfig import command, differences, mismatch
-from gaprune.pipeline.setup import training_config
-from gaprune.utils.errors import Interrupted
+from gaprune.pipeline.setup import baseline_identity
 from gaprune.utils.io import read_record, read_torch_file, write_json
 from gaprune.utils.lock import hold
 
@@ -21,9 +21,9 @@ def hold_baseline(cfg: DictConfig, path: Path) -> Path:
     state = Path(f"{path}.state")
     state.parent.mkdir(parents=True, exist_ok=True)
     hold(Path(f"{path}.lock"), f"the baseline '{path}' (being trained)")
-    record, ours = Path(f"{state}.json"), training_config(cfg)
+    record, ours = Path(f"{state}.json"), baseline_identity(cfg)
     if state.exists() and record.exists():
-        fix = f"delete '{state}' to start that training over"
+        fix = "train this recipe into another file with baseline=<path>"
         saved = read_record(record, "training config", fix, lambda v: None if isinstance(v, dict) else "not a config")
         for key, theirs, mine in differences(saved, ours):
             raise mismatch(f"train: the interrupted training in '{state}'", key, theirs, mine, fix)
@@ -37,10 +37,18 @@ def done_baseline(state: Path) -> None:
     Path(f"{state}.json").unlink(missing_ok=True)
 
 
-def stopped_training(state: Path, path: Path) -> Interrupted:
+def report_training(job: JobRun, state: Path, path: Path) -> None:
+    """From here on Ctrl-C in `job` is one line naming the last saved epoch of the baseline at
+    `path` (read from its per-epoch `state`) and the command that continues it (the same one).
+
+    Args:
+        job: the training job (`gaprune.pipeline.lifecycle.job_run`).
+        state: the per-epoch state file (`hold_baseline`).
+        path: the baseline checkpoint being trained.
+    """
     again = command()
-    return Interrupted(f"interrupted after epoch {epochs_done(state)} of training baseline '{path}'; rerun the same "
-                       f"command to continue from there" + (f": {again}" if again else ""))
+    job.report(lambda: f"after epoch {epochs_done(state)} of training baseline '{path}'",
+               "rerun the same command to continue from there" + (f": {again}" if again else ""))
 
 
 def epochs_done(state_path: Path) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -95,13 +96,23 @@ def _unsupported(module: nn.Module) -> str | None:
 
 
 def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear: bool = False) -> list[PrunableUnit]:
-    """One unit per dependency-graph group rooted at a conv (and hidden linears if asked)."""
+    """One unit per dependency-graph group rooted at a conv (and hidden linears if asked).
+
+    Args:
+        model: the network (put in eval mode).
+        example_input: an input batch to trace it with.
+        include_linear: hidden linear layers root units too.
+
+    Returns:
+        The units in forward order. Groups that cannot be genes are left out with one warning
+        line; a model with no unit at all is a GapruneError.
+    """
     model.eval()
     names = {module: name for name, module in model.named_modules()}
-    order = {name: i for i, name in enumerate(names.values())}
     params = {id(p): name for name, p in model.named_parameters()}
     graph = build_dependency_graph(model, example_input)
     unwrapped = {id(u.parameters): int(u.pruning_dim) for u in getattr(graph, "unwrapped_parameters", None) or []}
+    index = _ModelIndex(names, {name: i for i, name in enumerate(names.values())}, params, unwrapped)
     root_types = [nn.Conv2d, nn.Linear] if include_linear else [nn.Conv2d]
     units: list[PrunableUnit] = []
     skipped: list[str] = []
@@ -109,65 +120,16 @@ def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear
         root = group.items[0].dep.target.module
         if root not in names:
             continue
-        found: dict[tuple[str, str], dict[int, int]] = {}
-        dims: dict[str, int] = {}
-        reason = None
-        for item in group.items:
-            dep, module = item.dep, item.dep.target.module
-            handler = getattr(dep.handler, "__name__", "")
-            if isinstance(module, nn.Parameter):
-                if id(module) not in params:
-                    continue
-                name, kind = params[id(module)], "param"
-                dims[name] = unwrapped.get(id(module), 0)
-            elif isinstance(module, nn.Module) and module in names:
-                why = _unsupported(module)
-                if why is not None:
-                    reason = f"{names[module]}: {why}"
-                    break
-                if not isinstance(module, _SLICEABLE):
-                    continue
-                if handler == "prune_out_channels":
-                    kind = "out"
-                elif handler == "prune_in_channels":
-                    kind = "in"
-                else:
-                    continue
-                name = names[module]
-            else:
-                continue  # torch-pruning's own ops (concat, split, reshape, element-wise)
-            pairs = found.setdefault((name, kind), {})
-            for idx, rid in zip(item.idxs, item.root_idxs):
-                pairs[int(idx)] = int(rid)
-        roots = sorted((n for (n, k) in found if k == "out" and n in order
-                        and isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))), key=order.get)
-        label = roots[0] if roots else names[root]
-        if reason is not None:
-            skipped.append(f"{label} ({reason})")
-            continue
-        lead = model.get_submodule(label)  # the group's first producer in forward order
-        if _depthwise(lead):
-            continue  # a depthwise conv follows its producer's unit (torch-pruning may root the group at it)
-        width = lead.out_channels if isinstance(lead, nn.Conv2d) else lead.out_features
-        groups, why = _group_columns(model, found, width)
+        found, dims, reason = _group_positions(group, index)
+        roots = sorted((n for (n, k) in found if k == "out" and n in index.order
+                        and isinstance(model.get_submodule(n), (nn.Conv2d, nn.Linear))), key=index.order.get)
+        label = roots[0] if roots else names[root]  # the group's first producer in forward order
+        unit, why = (None, reason) if reason is not None else _unit_of_group(model, label, found, dims, index.order)
         if why is not None:
             skipped.append(f"{label} ({why})")
-            continue
-        overflow = next((n for (n, k), pairs in found.items() if max(pairs) >= layer_width(model, n, k, dims.get(n, 0))), None)
-        if overflow is not None:  # torch-pruning coupled a narrower dimension (e.g. Swin's per-head bias table)
-            skipped.append(f"{label} ({overflow}: torch-pruning maps more channels onto it than it has)")
-            continue
-        channels = width // groups
-        slices = []
-        for (name, kind), pairs in sorted(found.items(), key=lambda kv: (order.get(kv[0][0], order.get(kv[0][0].rsplit(".", 1)[0], -1)), kv[0])):
-            idx = np.array(sorted(pairs), dtype=np.int64)
-            root_idx = np.array([pairs[i] for i in idx], dtype=np.int64) % channels
-            slices.append(LayerSlice(name, kind, idx, root_idx, dims.get(name, 0)))
-        outs = [s.layer for s in slices if s.kind == "out"]
-        ins = {s.layer: max(1, len(s.idx) // channels) for s in slices if s.kind == "in"}
-        outs.sort(key=order.get)
-        units.append(PrunableUnit(label, channels, outs, dict(sorted(ins.items(), key=lambda kv: order[kv[0]])), slices))
-    units.sort(key=lambda u: order[u.name])
+        elif unit is not None:
+            units.append(unit)
+    units.sort(key=lambda u: index.order[u.name])
     units = _forward_accepts(model, units, example_input, skipped)
     if skipped:
         warnings.warn(f"{len(skipped)} channel group(s) are not genes (torch-pruning cannot prune them "
@@ -176,6 +138,75 @@ def discover_units(model: nn.Module, example_input: torch.Tensor, include_linear
         detail = f"; not prunable: {'; '.join(skipped)}" if skipped else " (no conv layers outside the classifier)"
         raise GapruneError(f"the model {type(model).__name__} has no prunable channel groups{detail}")
     return units
+
+
+@dataclass
+class _ModelIndex:
+    """A model's modules and parameters by name, for reading torch-pruning's groups."""
+
+    names: dict[nn.Module, str]  # module -> qualified name
+    order: dict[str, int]  # module name -> position in named_modules (forward order)
+    params: dict[int, str]  # id(parameter) -> qualified name
+    unwrapped: dict[int, int]  # id(parameter) -> the dim torch-pruning prunes (its unwrapped parameters)
+
+
+Positions = dict[tuple[str, str], dict[int, int]]  # (layer, kind) -> {position there: root channel it follows}
+
+
+def _group_positions(group, index: _ModelIndex) -> tuple[Positions, dict[str, int], str | None]:
+    """What one torch-pruning group prunes: the positions per (layer, kind), the pruned dim of each
+    parameter, and why the group cannot be a gene (None: it can; the positions then stop at the
+    layer that says so). torch-pruning's own ops (concat, split, reshape, element-wise) are skipped."""
+    found: Positions = {}
+    dims: dict[str, int] = {}
+    for item in group.items:
+        dep, module = item.dep, item.dep.target.module
+        handler = getattr(dep.handler, "__name__", "")
+        if isinstance(module, nn.Parameter):
+            if id(module) not in index.params:
+                continue
+            name, kind = index.params[id(module)], "param"
+            dims[name] = index.unwrapped.get(id(module), 0)
+        elif isinstance(module, nn.Module) and module in index.names:
+            why = _unsupported(module)
+            if why is not None:
+                return found, dims, f"{index.names[module]}: {why}"
+            kind = {"prune_out_channels": "out", "prune_in_channels": "in"}.get(handler)
+            if not isinstance(module, _SLICEABLE) or kind is None:
+                continue
+            name = index.names[module]
+        else:
+            continue
+        pairs = found.setdefault((name, kind), {})
+        for idx, rid in zip(item.idxs, item.root_idxs):
+            pairs[int(idx)] = int(rid)
+    return found, dims, None
+
+
+def _unit_of_group(model: nn.Module, label: str, found: Positions, dims: dict[str, int],
+                   order: dict[str, int]) -> tuple[PrunableUnit | None, str | None]:
+    """(the unit led by layer `label`, None), or (None, why the group is not a gene), or (None,
+    None) for a group led by a depthwise conv (it follows its producer's unit: torch-pruning may
+    root the group at it)."""
+    lead = model.get_submodule(label)
+    if _depthwise(lead):
+        return None, None
+    width = lead.out_channels if isinstance(lead, nn.Conv2d) else lead.out_features
+    groups, why = _group_columns(model, found, width)
+    if why is not None:
+        return None, why
+    overflow = next((n for (n, k), pairs in found.items() if max(pairs) >= layer_width(model, n, k, dims.get(n, 0))), None)
+    if overflow is not None:  # torch-pruning coupled a narrower dimension (e.g. Swin's per-head bias table)
+        return None, f"{overflow}: torch-pruning maps more channels onto it than it has"
+    channels = width // groups
+    slices = []
+    for (name, kind), pairs in sorted(found.items(), key=lambda kv: (order.get(kv[0][0], order.get(kv[0][0].rsplit(".", 1)[0], -1)), kv[0])):
+        idx = np.array(sorted(pairs), dtype=np.int64)
+        root_idx = np.array([pairs[i] for i in idx], dtype=np.int64) % channels
+        slices.append(LayerSlice(name, kind, idx, root_idx, dims.get(name, 0)))
+    outs = sorted((s.layer for s in slices if s.kind == "out"), key=order.get)
+    ins = {s.layer: max(1, len(s.idx) // channels) for s in slices if s.kind == "in"}
+    return PrunableUnit(label, channels, outs, dict(sorted(ins.items(), key=lambda kv: order[kv[0]])), slices), None
 
 
 def _group_columns(model: nn.Module, found: dict[tuple[str, str], dict[int, int]], width: int) -> tuple[int, str | None]:

@@ -7,6 +7,7 @@ decodes to a `SparsePlan` (weight masks per layer) and brings its own cost model
 """
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from typing import Any, Sequence
@@ -26,8 +27,7 @@ from gaprune.utils.registry import Registry
 ENCODINGS: Registry[type["Encoding"]] = Registry("encoding")
 
 
-def check_params(r_min: float = 0.1, round_to: int = 1, strategies: Sequence[str] = ("min", "median"),
-                 strategy: str = "min") -> None:
+def check_params(r_min: float, round_to: int, strategies: Sequence[str]) -> None:
     """Validate keep-ratio encoding options before any work is done."""
     if not isinstance(r_min, (int, float)) or not 0.0 < float(r_min) <= 1.0:
         raise GapruneError(f"encoding.params.r_min={r_min} is out of range; use a value in (0, 1], e.g. 0.1")
@@ -35,7 +35,7 @@ def check_params(r_min: float = 0.1, round_to: int = 1, strategies: Sequence[str
         raise GapruneError(f"encoding.params.round_to={round_to} must be a whole number >= 1")
     if not strategies:
         raise GapruneError("encoding.params.strategies is empty; give at least one of: " + ", ".join(STRATEGIES.names()))
-    for name in [strategy, *strategies]:
+    for name in strategies:
         STRATEGIES.get(name)
 
 
@@ -110,28 +110,16 @@ class Encoding:
 
 
 class KeepRatioEncoding(Encoding):
-    """Per-unit keep ratio in [r_min, 1]; the kept channels are chosen by a strategy."""
+    """Per-unit keep ratio in [r_min, 1]; the kept channels are chosen by a strategy (one of
+    `strategies`: `ratio` has one fixed strategy, `ratio_strategy` a strategy gene per unit)."""
 
-    def __init__(
-        self,
-        units: Sequence[PrunableUnit],
-        importance: dict[str, np.ndarray],
-        r_min: float = 0.1,
-        round_to: int = 1,
-        strategies: Sequence[str] = ("min", "median"),
-        strategy: str = "min",
-        model: nn.Module | None = None,
-    ) -> None:
-        check_params(r_min, round_to, strategies, strategy)
+    def __init__(self, units: Sequence[PrunableUnit], importance: dict[str, np.ndarray], r_min: float,
+                 round_to: int, strategies: Sequence[str], model: nn.Module | None = None) -> None:
+        check_params(r_min, round_to, strategies)
         super().__init__(units, importance, model)
         self.r_min = float(r_min)
         self.round_to = int(round_to)
         self.strategies = list(strategies)
-        self.strategy = strategy
-
-    @classmethod
-    def check_params(cls, **params: Any) -> None:
-        check_params(**params)
 
     @property
     def n_real(self) -> int:
@@ -155,7 +143,7 @@ class KeepRatioEncoding(Encoding):
         return int(min(max(count, low), channels))
 
     def unit_strategies(self, genome: Sequence[float]) -> list[str]:
-        return [self.strategy] * len(self.units)
+        return [self.strategies[0]] * len(self.units)
 
     def decode(self, genome: Sequence[float]) -> Plan:
         keep, channels, strategies = {}, {}, {}
@@ -172,10 +160,27 @@ class KeepRatioEncoding(Encoding):
 class RatioEncoding(KeepRatioEncoding):
     """Keep ratios only; every unit uses the fixed `strategy`."""
 
+    def __init__(self, units: Sequence[PrunableUnit], importance: dict[str, np.ndarray], r_min: float = 0.1,
+                 round_to: int = 1, strategy: str = "min", model: nn.Module | None = None) -> None:
+        super().__init__(units, importance, r_min, round_to, [strategy], model)
+
+    @classmethod
+    def check_params(cls, r_min: float, round_to: int, strategy: str) -> None:
+        check_params(r_min, round_to, [strategy])
+
 
 @ENCODINGS.register("ratio_strategy")
 class RatioStrategyEncoding(KeepRatioEncoding):
     """Keep ratio plus a strategy gene per unit."""
+
+    def __init__(self, units: Sequence[PrunableUnit], importance: dict[str, np.ndarray], r_min: float = 0.1,
+                 round_to: int = 1, strategies: Sequence[str] = ("min", "median"),
+                 model: nn.Module | None = None) -> None:
+        super().__init__(units, importance, r_min, round_to, strategies, model)
+
+    @classmethod
+    def check_params(cls, r_min: float, round_to: int, strategies: Sequence[str]) -> None:
+        check_params(r_min, round_to, strategies)
 
     @property
     def n_discrete(self) -> int:
@@ -217,7 +222,7 @@ class ChannelMaskEncoding(Encoding):
         self.ranking = {u.name: np.argsort(-np.asarray(importance[u.name]), kind="stable") for u in self.units}
 
     @classmethod
-    def check_params(cls, init_keep: Any = (0.3, 0.9), min_keep: int = 1) -> None:
+    def check_params(cls, init_keep: Any, min_keep: int) -> None:
         _keep_range(init_keep)
         if not isinstance(min_keep, int) or min_keep < 1:
             raise GapruneError(f"encoding.params.min_keep={min_keep} must be a whole number >= 1")
@@ -284,7 +289,7 @@ class LayerSparsityEncoding(Encoding):
             self._shape[name] = tuple(weight.shape)
 
     @classmethod
-    def check_params(cls, s_max: float = 0.95, s_min: float = 0.0, exclude: Sequence[str] = ()) -> None:
+    def check_params(cls, s_max: float, s_min: float, exclude: Sequence[str]) -> None:
         if not isinstance(s_max, (int, float)) or not 0.0 < float(s_max) < 1.0:
             raise GapruneError(f"encoding.params.s_max={s_max} is out of range; use a sparsity in (0, 1), e.g. 0.95")
         if not isinstance(s_min, (int, float)) or not 0.0 <= float(s_min) <= float(s_max):
@@ -329,11 +334,16 @@ class LayerSparsityEncoding(Encoding):
 
 
 def validate_encoding(name: str, **params) -> None:
+    """Check `encoding.params` of `name` before any work: unknown keys and bad values are one
+    GapruneError (the constructor's defaults fill what is not given)."""
     cls = ENCODINGS.get(name)
     try:
-        cls.check_params(**params)
+        bound = inspect.signature(cls).bind(None, None, **params)
     except TypeError as err:
         raise GapruneError(f"bad option for encoding={name}: {err}")
+    bound.apply_defaults()
+    options = {k: v for k, v in bound.arguments.items() if k not in ("units", "importance", "model")}
+    cls.check_params(**options)
 
 
 def build_encoding(name: str, units: Sequence[PrunableUnit], importance: dict[str, np.ndarray],

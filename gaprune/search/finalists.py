@@ -98,7 +98,7 @@ def winner_state(search_dir: Path, plan_id: int, recipe: dict[str, Any], steps_p
     state_path = search_dir / "finalists" / f"plan-{winner}.pt"
     if winner is None or winner != plan_id or saved.get("recipe") != recipe or not state_path.is_file():
         return None
-    state = read_torch_file(state_path, "finalist state", "delete it: the final fine-tune then starts over")
+    state = read_torch_file(state_path, "finalist state", "start a new run (resume cannot continue this one)")
     if not state.get("steps") or int(state["steps"]) >= steps_per_epoch:
         return None
     return state

@@ -23,6 +23,7 @@ import numpy as np
 from deap import base, tools
 
 from gaprune.search.problem import Problem
+from gaprune.utils.checks import check_int
 from gaprune.utils.errors import GapruneError
 from gaprune.utils.registry import Registry
 
@@ -86,6 +87,14 @@ class OptimizerConfig:
     indpb: float | None = None  # per-gene mutation probability of a mutated genome; defaults to 1 / genome size
 
     def validate(self, name: str) -> None:
+        for key in ("population", "generations", "tournament", "elite"):  # a word where a number belongs: one line
+            check_int(f"optimizer.params.{key}", getattr(self, key), 0)
+        if self.offspring is not None:
+            check_int("optimizer.params.offspring", self.offspring, 1)
+        for key in ("cxpb", "mutpb", "indpb", "eta_cx", "eta_mut"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise GapruneError(f"optimizer.params.{key}={value!r} must be a number")
         if self.population < 2:
             raise GapruneError(f"optimizer.params.population={self.population} is too small; use at least 4")
         if self.generations < 0:

@@ -3,6 +3,7 @@ the readers that refuse a damaged file in one line (`read_record` for JSON, `rea
 torch files that carry a content hash, `with_digest`)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -13,18 +14,26 @@ from typing import Any, Callable, Iterable
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync it, then rename it over `path`: a reader
+    sees the old file or the new one, never half of one. On any failure (a full disk, a read-only
+    folder, a name too long, Ctrl-C) the temp file is removed, `path` is left as it was, and an
+    OSError names `path` itself (`err.filename`), not the temp file or an open handle."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err  # the file written
         raise
 
 

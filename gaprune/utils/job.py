@@ -1,11 +1,13 @@
 """The entry points' job wrapper: every entry script runs through `hydra_entry` and
 `exit_on_user_error`. Hydra's own errors (unknown group option, key typo, bad override syntax,
 missing interpolation) and an unwritable output dir come out as one `gaprune: error:` line with
-exit code 2, like a `GapruneError` raised by a job; Ctrl-C is one `gaprune: interrupted ...` line
-with exit code 130, and so is SIGTERM (raised as `Terminated`, a KeyboardInterrupt, so every job
-stops on it exactly as on Ctrl-C). Run-dir locks are released on every exit. What a job prints
-also goes to its run dir's `<job>.log` (`console_to_log`). `HYDRA_FULL_ERROR=1` set by the user
-keeps Hydra's full tracebacks.
+exit code 2, like a `GapruneError` raised by a job and an OSError of the environment (a full
+disk, a read-only or forbidden folder, a name too long: `os_error_line`, naming the file and what
+to do); Ctrl-C is one `gaprune: interrupted ...` line with exit code 130, and so is SIGTERM
+(raised as `Terminated`, a KeyboardInterrupt, so every job stops on it exactly as on Ctrl-C).
+Run-dir locks are released on every exit. What a job prints also goes to its run dir's
+`<job>.log` (`console_to_log`). `HYDRA_FULL_ERROR=1` set by the user keeps Hydra's full
+tracebacks.
 """
 from __future__ import annotations
 
@@ -47,11 +49,18 @@ def _fail(message: str, code: int, prefix: str = "error: ") -> None:
     sys.exit(code)
 
 
-def exit_on_user_error(fn: F) -> F:
+RUN_PATHS = "paths.output_root= (run dirs) and paths.checkpoints= (checkpoints)"
+
+
+def exit_on_user_error(fn: F | None = None, *, elsewhere: str = RUN_PATHS) -> F:
     """Wrap a job so a GapruneError (or a config interpolation error) prints one line and
-    exits with code 2, and Ctrl-C prints one line and exits with code 130. A run dir left
-    holding only Hydra's own files (a user error, or `resume=` continuing another run dir) is
-    removed."""
+    exits with code 2, and Ctrl-C prints one line and exits with code 130. An OSError of the
+    environment (a full disk, a read-only or forbidden folder, a name too long: `os_error_line`)
+    is one line naming the file and `elsewhere` (the options that move what the job writes),
+    exit 2. A run dir left holding only Hydra's own files (a user error, or `resume=` continuing
+    another run dir) is removed. Also `@exit_on_user_error(elsewhere="--out")`."""
+    if fn is None:
+        return functools.partial(exit_on_user_error, elsewhere=elsewhere)  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -68,6 +77,11 @@ def exit_on_user_error(fn: F) -> F:
             _fail(str(err), INTERRUPTED, "")
         except KeyboardInterrupt as err:
             _fail(_how(err), INTERRUPTED, "")
+        except OSError as err:
+            message = os_error_line(err, elsewhere)
+            if message is None:
+                raise
+            _fail(message, USER_ERROR)
         _remove_empty_run_dir()
         return result
 
@@ -83,9 +97,12 @@ class _Tee:
 
     def write(self, text: str) -> int:
         written = self.stream.write(text)
-        if "\r" not in text:
-            self.handle.write(text)
-            self.handle.flush()
+        if "\r" not in text and self.handle is not None:
+            try:
+                self.handle.write(text)
+                self.handle.flush()
+            except OSError:  # a full disk: the console keeps the job's output, the job's own writes fail
+                self.handle = None
         return written
 
     def flush(self) -> None:
@@ -109,22 +126,53 @@ def console_to_log() -> Iterator[None]:
     except Exception:  # not launched by Hydra
         yield
         return
-    with open(path, "a", encoding="utf-8") as handle:
-        stdout, stderr = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(stdout, handle), _Tee(stderr, handle)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = stdout, stderr
+    try:
+        handle = open(path, "a", encoding="utf-8")
+    except OSError:  # the run dir cannot be written: the job's own first write says so in one line
+        yield
+        return
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(stdout, handle), _Tee(stderr, handle)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = stdout, stderr
+        with contextlib.suppress(OSError):
+            handle.close()
 
 
-def _write_error(err: OSError) -> str | None:
-    """One line for an OSError that means 'cannot write there', else None."""
-    if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
+ADVICE = {  # errno -> (what failed, what to do with `elsewhere`)
+    errno.ENOSPC: ("cannot write", "free space there, or point {} at another disk"),
+    errno.EDQUOT: ("cannot write", "free space there (a disk quota), or point {} at another disk"),
+    errno.EROFS: ("cannot write", "point {} at writable directories"),
+    errno.EACCES: ("cannot access", "give this user access to it, or point {} at writable directories"),
+    errno.EPERM: ("cannot access", "give this user access to it, or point {} at writable directories"),
+    errno.ENAMETOOLONG: ("cannot create", "use shorter names: point {} at shorter paths"),
+    errno.ENOTDIR: ("cannot create", "a file is in the way of a folder; point {} elsewhere"),
+    errno.EEXIST: ("cannot create", "a file is in the way of a folder; point {} elsewhere"),
+    errno.EISDIR: ("cannot write", "a folder is in the way of a file; point {} elsewhere"),
+}
+
+
+def os_error_line(err: OSError, elsewhere: str = RUN_PATHS) -> str | None:
+    """One line for an OSError of the environment (full disk, read-only or forbidden folder, name
+    too long, a file where a folder belongs), naming the path (this job's run dir when the error
+    names none) and what to do; None for any other OSError (a bug: its traceback is kept)."""
+    if err.errno not in ADVICE:
         return None
-    where = err.filename or "?"
-    return (f"cannot create '{where}' ({os.strerror(err.errno)}); point paths.output_root= (run dirs) and "
-            "paths.checkpoints= at writable directories")
+    failed, fix = ADVICE[err.errno]
+    where = err.filename if err.filename is not None else _run_dir_or(None)
+    target = f"'{where}'" if where is not None else "a file"
+    return f"{failed} {target} ({os.strerror(err.errno)}); {fix.format(elsewhere)}"
+
+
+def _run_dir_or(default: str | None) -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().runtime.output_dir)
+    except Exception:
+        return default
 
 
 def hydra_entry(main: Callable[[], Any]) -> None:
@@ -145,19 +193,36 @@ def hydra_entry(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt as err:
         _fail(_how(err), INTERRUPTED, "")
     except (HydraException, OmegaConfBaseException) as err:
-        text = one_line(str(err))
-        override = getattr(err, "override", None)
-        if override:
-            text = f"bad override '{override}': {text}"
-        cause = err.__cause__
-        if isinstance(cause, OmegaConfBaseException) and one_line(str(cause)) not in text:
-            text += f": {one_line(str(cause))}"
-        _fail(text, USER_ERROR)
-    except OSError as err:
-        message = _write_error(err)
+        _fail(config_error_line(err), USER_ERROR)
+    except GapruneError as err:  # raised before any job (the sweep's up-front checks)
+        _fail(one_line(str(err)), USER_ERROR)
+    except OSError as err:  # Hydra creating the run dir
+        message = os_error_line(err)
         if message is None:
             raise
         _fail(message, USER_ERROR)
+
+
+def config_error_line(err: Exception) -> str:
+    """One line for a Hydra / OmegaConf error: the bad override and the cause when they say more."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    text = one_line(str(err))
+    override = getattr(err, "override", None)
+    if override:
+        text = f"bad override '{override}': {text}"
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and one_line(str(cause)) not in text:
+        text += f": {one_line(str(cause))}"
+    return text
+
+
+def refuse(message: str) -> None:
+    """One `gaprune: error:` line and exit 2 from outside any job (a sweep refused up front: Hydra
+    only warns about an exception raised by a callback, so this exits instead)."""
+    release_all()
+    print(f"gaprune: error: {one_line(message)}", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR)
 
 
 BOOKKEEPING = ("run_config.json", ".gaprune.lock")  # a run's own config and lock: not results

@@ -22,11 +22,18 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
+    """Rendered in memory, then written atomically (nothing half-written, no temp file left)."""
+    import io
+
+    from gaprune.utils.io import atomic_write_bytes
+
     plt = _pyplot()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_fitness(generations: Sequence[dict[str, Any]], path: Path) -> None:

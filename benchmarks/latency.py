@@ -23,8 +23,8 @@ Latency does not depend on weight values, so the models are untrained (seed 0). 
 mostly measures the scheduler. Prints one table and writes JSON (`--out`) with the exact command
 and wall time.
 
-python scripts/bench_latency.py                        # all three models at batch 1
-python scripts/bench_latency.py --models lenet5 --batch 64
+python -m benchmarks.latency                        # all three models at batch 1
+python -m benchmarks.latency --models lenet5 --batch 64
 """
 from __future__ import annotations
 
@@ -38,19 +38,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from gaprune.deploy.latency import inference_call, time_interleaved  # noqa: E402
-from gaprune.deploy.lut import LatencyCost, LatencyLUT, pearson  # noqa: E402
-from gaprune.models import build_model  # noqa: E402
-from gaprune.pruning.cost import CostModel  # noqa: E402
-from gaprune.pruning.importance import _normalise, l1_importance  # noqa: E402
-from gaprune.pruning.physical import prune_model  # noqa: E402
-from gaprune.pruning.units import discover_units  # noqa: E402
-from gaprune.search.encodings import build_encoding  # noqa: E402
-from gaprune.search.picks import knee, pareto_front  # noqa: E402
-from gaprune.search.target import TargetRepair  # noqa: E402
-from gaprune.utils.io import atomic_write_text, write_json  # noqa: E402
+from gaprune.deploy.latency import inference_call, time_interleaved
+from gaprune.deploy.lut import LatencyCost, LatencyLUT, pearson
+from gaprune.models import build_model
+from gaprune.pruning.cost import CostModel
+from gaprune.pruning.importance import compute_importance
+from gaprune.pruning.physical import prune_model
+from gaprune.pruning.units import discover_units
+from gaprune.search.encodings import build_encoding
+from gaprune.search.picks import knee, pareto_front
+from gaprune.search.target import TargetRepair
+from gaprune.utils.io import atomic_write_text, write_json
 
 MODELS = {  # name: (in_channels, include_linear, kwargs)
     "lenet5": (1, True, {}),
@@ -80,7 +78,7 @@ def bench_model(name: str, args) -> dict:
     x0 = torch.zeros(1, channels, 32, 32)
     x = torch.randn((args.batch, channels, 32, 32), generator=torch.Generator().manual_seed(0))
     units = discover_units(model, x0, include_linear=include_linear)
-    importance = _normalise(l1_importance(model, units))
+    importance = compute_importance("l1", model, units, lambda: [], 0)  # L1 norms, normalised per unit
     encoding = build_encoding("ratio", units, importance, model=model)
     started = time.perf_counter()
     lut = LatencyLUT.measure(model, units, x0, "cpu", batch=args.batch, repeats=args.lut_repeats, clock=args.clock,
@@ -88,8 +86,17 @@ def bench_model(name: str, args) -> dict:
     lut_seconds = time.perf_counter() - started
     latency = LatencyCost(lut, units)
     rng = random.Random(args.seed)
-
     cost = CostModel(model, units, x0)
+    fit = fit_metrics(model, units, x0, x, encoding, cost, latency, rng, args)
+    picks = compare_picks(model, units, x0, x, encoding, cost, latency, importance, rng, args)
+    return {"model": name, "kwargs": kwargs, "units": len(units), "lut_tables": len(lut.tables),
+            "lut_seconds": lut_seconds, "lut_base_us": lut.base_us, "lut_slope": lut.slope,
+            "lut_calibration": lut.meta["calibration"], "plans": args.plans, "batch": args.batch,
+            "threads": torch.get_num_threads(), **fit, "picks": picks}
+
+
+def fit_metrics(model, units, x0, x, encoding, cost, latency, rng, args) -> dict:
+    """Step 2: predicted vs measured latency of `--plans` random plans, each physically pruned."""
     plans = [encoding.decode(encoding.random_genome(rng)) for _ in range(args.plans)]
     pruned_models = [prune_model(model, units, plan, x0) for plan in plans]
     predicted = np.array([latency.cost(plan) for plan in plans])
@@ -98,14 +105,18 @@ def bench_model(name: str, args) -> dict:
     halves = [reduce(samples[start::2], args.stat)[1:] for start in (0, 1)]
     ratios = np.median(samples[:, 1:] / samples[:, :1], axis=0)  # plan / baseline within a round, median of rounds
     ratio_halves = [np.median(samples[start::2, 1:] / samples[start::2, :1], axis=0) for start in (0, 1)]
-    fit = {"base_us": float(measured[0]), "measured_us": measured[1:].tolist(), "predicted_us": predicted.tolist(),
-           "measured_ratio": ratios.tolist(), "pearson_ratio": pearson(predicted, ratios),
-           "retest_ratio_r": pearson(*ratio_halves),
-           "pearson": pearson(predicted, measured[1:]), "retest_r": pearson(*halves),
-           "macs_r": pearson([cost.cost(plan)[0] for plan in plans], measured[1:]),
-           "spread": float(measured[1:].max() / measured[1:].min()),
-           "mape": float(100 * np.mean(np.abs(predicted / measured[1:] - 1)))}
+    return {"base_us": float(measured[0]), "measured_us": measured[1:].tolist(), "predicted_us": predicted.tolist(),
+            "measured_ratio": ratios.tolist(), "pearson_ratio": pearson(predicted, ratios),
+            "retest_ratio_r": pearson(*ratio_halves),
+            "pearson": pearson(predicted, measured[1:]), "retest_r": pearson(*halves),
+            "macs_r": pearson([cost.cost(plan)[0] for plan in plans], measured[1:]),
+            "spread": float(measured[1:].max() / measured[1:].min()),
+            "mape": float(100 * np.mean(np.abs(predicted / measured[1:] - 1)))}
 
+
+def compare_picks(model, units, x0, x, encoding, cost, latency, importance, rng, args) -> dict:
+    """Step 3: the MACs-only and the latency-aware pick of one pool at `--target` MACs, timed
+    against the baseline on `--clock` and on the wall clock."""
     repair = TargetRepair(encoding, cost, args.target, 0.01)
     pool = []
     for index in range(args.pool):
@@ -131,10 +142,7 @@ def bench_model(name: str, args) -> dict:
             picks[label].update({f"{clock}_base_us": base, f"{clock}_us": us, f"{clock}_speedup": base / us,
                                  f"{clock}_round_speedup": float(np.median(samples[:, 0] / samples[:, column]))})
         picks["latency_aware"][f"{clock}_round_vs_macs_only"] = float(np.median(samples[:, 2] / samples[:, 1]))
-    return {"model": name, "kwargs": kwargs, "units": len(units), "lut_tables": len(lut.tables),
-            "lut_seconds": lut_seconds, "lut_base_us": lut.base_us, "lut_slope": lut.slope,
-            "lut_calibration": lut.meta["calibration"], "plans": args.plans, "batch": args.batch,
-            "threads": torch.get_num_threads(), **fit, "picks": picks}
+    return picks
 
 
 def report(results: list[dict], args) -> str:
@@ -161,7 +169,7 @@ def report(results: list[dict], args) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="lenet5,resnet20,vgg16")
     parser.add_argument("--plans", type=int, default=20)
     parser.add_argument("--pool", type=int, default=200)
@@ -179,7 +187,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     given = sys.argv[1:] if argv is None else list(argv)
-    command = "python scripts/bench_latency.py " + " ".join(shlex.quote(a) for a in given)
+    command = "python -m benchmarks.latency " + " ".join(shlex.quote(a) for a in given)
     started = time.perf_counter()
     results = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:

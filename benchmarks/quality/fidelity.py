@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quality.protocol import FINALIST_PROXIES, FITNESSES, common, compose
+from benchmarks.quality.protocol import FINALIST_PROXIES, FITNESSES, common, compose
 
 
 def study_name(model: str, study: dict[str, Any]) -> str:
@@ -74,7 +74,6 @@ def score_fidelity_plans(args, base: list[str], study: dict[str, Any], scored: d
     from gaprune.pipeline.search import finalist_fitness, fitness_from_config, run_importance, search_space
     from gaprune.pipeline.setup import open_run
     from gaprune.pipeline.train import ensure_baseline
-    from gaprune.utils.io import write_json
 
     def job_cfg(extra):
         samples = [] if "fitness=taylor_proxy" in extra or any(o.startswith("fitness.calib_samples=") for o in extra) \
@@ -96,49 +95,57 @@ def score_fidelity_plans(args, base: list[str], study: dict[str, Any], scored: d
     for name, overrides in FITNESSES.items():
         if name in scored["scores"]:
             continue
-        partial = scored.setdefault("partial", {}).setdefault(
-            name, {"proxy": [], "neg_loss": [], "neg_train_loss": [], "seconds": 0.0})
         if name in FINALIST_PROXIES:  # the finalists' short fine-tune (its steps from the overrides)
             fitness = finalist_fitness(job_cfg(overrides or []), run, importance)
         else:  # a proxy with its own importance (taylor_proxy) scores the study's plans with it
             cfg = job_cfg(overrides)
             own = importance if cfg.importance.name == run.cfg.importance.name else run_importance(run, cfg.importance)
             fitness = fitness_from_config(cfg.fitness, run, own)
-        for plan in decoded[len(partial["proxy"]):]:
-            t0 = time.perf_counter()
-            (result,) = fitness.evaluate([plan])
-            partial["proxy"].append(float(result["proxy"]))
-            loss = result.get("calib_loss", result.get("finetune_loss"))
-            partial["neg_loss"].append(None if loss is None else -float(loss))
-            train_loss = result.get("finetune_train_loss")  # the sum of training losses (a fixed step count)
-            partial.setdefault("neg_train_loss", []).append(None if train_loss is None else -float(train_loss))
-            partial["seconds"] += time.perf_counter() - t0
-            write_json(path, scored)
-        if hasattr(fitness, "close"):
-            fitness.close()
-        done = scored["partial"].pop(name)
-        if not scored["partial"]:
-            del scored["partial"]
-        scored["scores"][name] = done["proxy"]
-        for key in ("neg_loss", "neg_train_loss"):
-            if done.get(key) and None not in done[key]:
-                scored["scores"][f"{name}_{key}"] = done[key]
-        scored["seconds"][name] = done["seconds"]
-        write_json(path, scored)
-        print(f"[bench] fidelity {path.parent.name}: {name} scored {len(decoded)} plans in {done['seconds']:.1f}s",
-              flush=True)
+        score_proxy(name, fitness, decoded, scored, path)
     return scored
+
+
+def score_proxy(name: str, fitness, decoded: list, scored: dict[str, Any], path: Path) -> None:
+    """Proxy `name`'s scores of the plans `decoded` into `scored` (resuming from its `partial`
+    entry), written to `path` after every plan; closes `fitness`."""
+    from gaprune.utils.io import write_json
+
+    partial = scored.setdefault("partial", {}).setdefault(
+        name, {"proxy": [], "neg_loss": [], "neg_train_loss": [], "seconds": 0.0})
+    for plan in decoded[len(partial["proxy"]):]:
+        t0 = time.perf_counter()
+        (result,) = fitness.evaluate([plan])
+        partial["proxy"].append(float(result["proxy"]))
+        loss = result.get("calib_loss", result.get("finetune_loss"))
+        partial["neg_loss"].append(None if loss is None else -float(loss))
+        train_loss = result.get("finetune_train_loss")  # the sum of training losses (a fixed step count)
+        partial.setdefault("neg_train_loss", []).append(None if train_loss is None else -float(train_loss))
+        partial["seconds"] += time.perf_counter() - t0
+        write_json(path, scored)
+    if hasattr(fitness, "close"):
+        fitness.close()
+    done = scored["partial"].pop(name)
+    if not scored["partial"]:
+        del scored["partial"]
+    scored["scores"][name] = done["proxy"]
+    for key in ("neg_loss", "neg_train_loss"):
+        if done.get(key) and None not in done[key]:
+            scored["scores"][f"{name}_{key}"] = done[key]
+    scored["seconds"][name] = done["seconds"]
+    write_json(path, scored)
+    print(f"[bench] fidelity {path.parent.name}: {name} scored {len(decoded)} plans in {done['seconds']:.1f}s",
+          flush=True)
 
 
 def finetune_fidelity_plans(args, base: list[str], scored: dict[str, Any], directory: Path,
                             name: str) -> list[dict[str, Any]]:
     from omegaconf import open_dict
 
+    import gaprune
     from gaprune.engine.checkpoint import load_model
     from gaprune.engine.training import resolve_device, seed_everything
     from gaprune.pipeline.finetune import open_job
     from gaprune.pipeline.setup import load_bundle
-    from gaprune.pruning.plan import Plan
 
     cfg = compose("search", base)
     with open_dict(cfg):
@@ -146,13 +153,13 @@ def finetune_fidelity_plans(args, base: list[str], scored: dict[str, Any], direc
     device = resolve_device(cfg.device)
     teacher, meta, _ = load_model(cfg.baseline)
     job = open_job(cfg, directory, teacher, meta, load_bundle(cfg), device, "fidelity", "fidelity",
-                   header={"note": "bench_quality proxy-fidelity plans"})
+                   header={"note": "bench_quality proxy-fidelity plans"})  # as in the committed results
     for index, item in enumerate(scored["plans"]):
         if job.done(index):
             continue
         started = time.perf_counter()
         seed_everything(int(cfg.seed))
-        row = job.run(Plan.from_json(item["plan"]), index, predicted_macs=item["macs"])
+        row = job.run(gaprune.Plan.from_json(item["plan"]), index, predicted_macs=item["macs"])
         print(f"[bench] fidelity {name} plan {index}: MACs -{100 * row['macs_reduction']:.1f}%, test "
               f"{100 * row['test_acc']:.2f}% ({time.perf_counter() - started:.0f}s)", flush=True)
     with contextlib.redirect_stdout(io.StringIO()):

@@ -5,10 +5,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from quality.fidelity import correlations, study_files, study_name
-from quality.finalists import render_short_vs_full, short_vs_full
-from quality.compute import item_compute
-from quality.protocol import ARMS, LABELS, MATCHED_ARMS, MATCHED_TO
+from benchmarks.quality.compute import item_compute
+from benchmarks.quality.fidelity import correlations, study_files, study_name
+from benchmarks.quality.finalists import render_short_vs_full, short_vs_full
+from benchmarks.quality.protocol import ARMS, LABELS, MATCHED_ARMS, MATCHED_TO
 
 SIMPLE = ("uniform_l1", "global_taylor", "global_l1", "random")  # the hand-set / unguided arms
 
@@ -49,7 +49,7 @@ def report(args, baselines: dict[str, Any], wall: float) -> dict[str, Any]:
     results = {
         "protocol": {"name": args.protocol, **{k: v for k, v in spec.items() if k != "results"},
                      "arms": {a: LABELS.get(a, a) for a in sorted({arm for cells in arms.values() for arm in cells})}, "threads": args.threads,
-                     "command": "python scripts/bench_quality.py " + " ".join(sys.argv[1:]),
+                     "command": "python -m benchmarks.quality " + " ".join(sys.argv[1:]),
                      "wall_seconds_this_invocation": wall},
         "baselines": {m: b["test_acc"] for m, b in baselines.items()},
         "baseline_details": baselines,

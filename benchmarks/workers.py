@@ -11,8 +11,8 @@ torch thread count per evaluating process (`--threads`, default cores // N) so t
 can be compared byte for byte. Writes <out>.json and <out>.md with the exact command, the machine's
 load and the wall time.
 
-    python scripts/bench_workers.py                      # 8 plans x 3 generations, 1 vs 2 workers
-    python scripts/bench_workers.py --workers 4 --population 16
+    python -m benchmarks.workers                      # 8 plans x 3 generations, 1 vs 2 workers
+    python -m benchmarks.workers --workers 4 --population 16
 """
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from gaprune.utils.io import atomic_write_text, read_json, write_json
 
-from gaprune.utils.io import atomic_write_text, read_json, write_json  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # search.py runs from here
 
 RECORDS = ("evaluations.json", "pareto.json", "picks.json")
 
@@ -69,7 +68,8 @@ def render(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.workers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--generations", type=int, default=2, help="after the initial population")
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoints", default="checkpoints", help="where the digits baseline is (trained if missing)")
     parser.add_argument("--out", default="benchmarks/results/workers-digits", help="<out>.json and <out>.md")
     args = parser.parse_args(argv)
-    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    given = sys.argv[1:] if argv is None else list(argv)
+    command = " ".join(["python -m benchmarks.workers", *(shlex.quote(a) for a in given)])
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     load = os.getloadavg()

@@ -6,7 +6,7 @@ torch-pruning, count MACs, evaluate each candidate), their ratio, and the wall t
 NSGA-II `taylor_proxy` search. Uses real CIFAR-10 when --data-dir holds it, else random images
 of the same shape (speed does not depend on pixel values).
 
-    python scripts/bench_search.py [--samples 256] [--population 48] [--generations 30]
+    python -m benchmarks.search_speed [--samples 256] [--population 48] [--generations 30]
 """
 from __future__ import annotations
 
@@ -49,8 +49,9 @@ def per_second(fn, plans) -> float:
     return len(plans) / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.search_speed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=256, help="calibration images per candidate")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--candidates", type=int, default=8, help="candidates timed per method")
@@ -58,7 +59,35 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=48)
     parser.add_argument("--generations", type=int, default=30)
     parser.add_argument("--data-dir", default="data")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def evaluation_rates(model, units, x0, context, proxy_fit, cost, plans, calib, args) -> dict[str, float]:
+    """Plans per second of each way to score a plan (each with the plan's analytic cost)."""
+    def naive(batch):
+        for plan in batch:
+            pruned = prune_model(copy.deepcopy(model), units, plan, x0)
+            count_macs_params(pruned, x0)
+            evaluate(pruned, calib)
+
+    def scored(fitness):
+        def score(batch):
+            fitness.evaluate(batch)
+            [cost.cost(p) for p in batch]
+        return score
+
+    masked = scored(build_fitness("calib", context, chunk=args.chunk, execution="masked"))
+    sliced = scored(build_fitness("calib", context, execution="sliced"))
+    proxy = scored(proxy_fit)
+    naive(plans[:1])  # warm-up
+    return {"naive (copy + prune + count + eval)": per_second(naive, plans),
+            f"calib masked ({args.chunk} plans per pass)": per_second(masked, plans),
+            "calib sliced (pruned net, no copy)": per_second(sliced, plans),
+            "taylor_proxy (+ analytic cost)": per_second(proxy, plans * 50)}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     seed_everything(0)
     torch.set_grad_enabled(False)
 
@@ -72,34 +101,8 @@ def main() -> None:
     calib = calibration_batches(args)
     context = FitnessContext(model=model, units=units, importance=importance, calib=calib)
     cost = CostModel(model, units, x0)
-
-    def naive(batch):
-        for plan in batch:
-            pruned = prune_model(copy.deepcopy(model), units, plan, x0)
-            count_macs_params(pruned, x0)
-            evaluate(pruned, calib)
-
-    masked_fit = build_fitness("calib", context, chunk=args.chunk, execution="masked")
-    sliced_fit = build_fitness("calib", context, execution="sliced")
-    proxy_fit = build_fitness("taylor_proxy", context)
-
-    def masked(batch):
-        masked_fit.evaluate(batch)
-        [cost.cost(p) for p in batch]
-
-    def sliced(batch):
-        sliced_fit.evaluate(batch)
-        [cost.cost(p) for p in batch]
-
-    def proxy(batch):
-        proxy_fit.evaluate(batch)
-        [cost.cost(p) for p in batch]
-
-    naive(plans[:1])  # warm-up
-    rates = {"naive (copy + prune + count + eval)": per_second(naive, plans),
-             f"calib masked ({args.chunk} plans per pass)": per_second(masked, plans),
-             "calib sliced (pruned net, no copy)": per_second(sliced, plans),
-             "taylor_proxy (+ analytic cost)": per_second(proxy, plans * 50)}
+    proxy_fit = build_fitness("taylor_proxy", context)  # timed alone, then the search's fitness
+    rates = evaluation_rates(model, units, x0, context, proxy_fit, cost, plans, calib, args)
 
     seed_everything(0)
     problem = Problem(encoding, proxy_fit, cost, Objective())
@@ -116,6 +119,7 @@ def main() -> None:
         print(f"{name:45s} {rate:10.2f} {rate / base:8.1f}x")
     print(f"NSGA-II taylor_proxy search {args.generations} generations x {args.population}: "
           f"{search_seconds:.2f} s ({len(problem.records)} plans, {problem.cache_hits} cache hits)")
+
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from benchmarks.quality.protocol import MATCHED_ARMS, ONESHOT_ARMS, SEARCH_ARMS
 from gaprune.engine.compute import Compute, forward_macs, training_macs
 
 
@@ -78,8 +79,6 @@ def matched_steps(spec: dict[str, Any], sizes: dict[str, int], budget: float, sp
 def item_compute(item: dict[str, Any], spec: dict[str, Any], sizes: dict[str, int], base_macs: float) -> dict[str, Any]:
     """An item's compute fields (`compute_macs`, `compute_macs_by_phase`, `compute_source`): as
     the library counted them, or recounted for an item written before it did."""
-    from quality.protocol import MATCHED_ARMS, ONESHOT_ARMS, SEARCH_ARMS
-
     if "compute_macs" in item:
         return {"compute_macs": item["compute_macs"], "compute_macs_by_phase": item["compute_macs_by_phase"],
                 "compute_source": item.get("compute_source", "counted")}

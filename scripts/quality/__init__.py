@@ -1,1 +1,0 @@
-"""scripts/bench_quality.py's parts: protocol (protocols, arms, configs), fidelity, report."""
