@@ -51,7 +51,7 @@ ALIASES = {  # short option name -> config key (any other config key may be give
     "population": "optimizer.params.population", "generations": "optimizer.params.generations",
     "calib_samples": "fitness.calib_samples", "calib_batch_size": "fitness.calib_batch_size",
     "finalists": "finalists.count", "finalist_steps": "finalists.steps",
-    "target_macs_reduction": "objective.target_macs_reduction", "include_linear": "model.include_linear",
+    "target_macs_reduction": "score.target_macs_reduction", "include_linear": "model.include_linear",
 }
 API_PICKS = ("knee", "best", "target_macs")
 RECIPE_KEYS = ("epochs", "steps", "lr", "momentum", "weight_decay", "nesterov", "kd", "kd_temperature", "kd_alpha")
@@ -83,7 +83,7 @@ def config(primary: str = "search", overrides: Iterable[str] = (), **options: An
     """The composed config of `primary` (conf/<primary>.yaml) with `model=custom`, Hydra
     `overrides` (strings such as "fitness.params.adaptive_bn=false") and `options`: a group
     choice by name (`fitness="calib"`), a short name of `ALIASES`, or any config key by its dotted
-    name (`**{"objective.w_macs": 1.0}`). Unknown names are one-line errors.
+    name (`**{"score.w_macs": 1.0}`). Unknown names are one-line errors.
 
     Returns:
         The resolved-on-access DictConfig (struct mode) every option was applied to."""
@@ -220,7 +220,7 @@ def search(model: nn.Module, example_inputs: Any, calib_data: Iterable, *, train
 
     def finalist_fitness():
         ft, fin = cfg.finetune, cfg.finalists
-        batches = split_batches(x, y, ft.eval_batch_size, device, fin.calib_samples)
+        batches = split_batches(x, y, ft.eval_batch_size, device, fin.val_samples)
         return build_fitness("finetune", _context(cfg, reference, units, importance, batches, device, train_data),
                              **finalist_fitness_params(cfg))
 
@@ -240,7 +240,7 @@ def _result(cfg: DictConfig, run, units, target_pick: dict[str, Any] | None, x0:
 
     if cfg.pick not in picks:
         best = max(r["macs_reduction"] for r in records)
-        raise GapruneError(f"no plan reaches target_macs_reduction={cfg.objective.target_macs_reduction} "
+        raise GapruneError(f"no plan reaches target_macs_reduction={cfg.score.target_macs_reduction} "
                            f"(best found: {best:.3f}); lower the target or search longer")
     chosen = {name: with_plan(record) for name, record in picks.items()}
     cost = run.problem.cost

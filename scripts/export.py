@@ -26,10 +26,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default="data", help="where CIFAR-10 / MNIST are prepared (dataset.params.data_dir)")
     parser.add_argument("--random-inputs", action="store_true", help="check on Gaussian inputs (no dataset needed)")
     parser.add_argument("--tolerance", type=float, default=1e-4)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--throughput-batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--clock", default="wall", choices=("wall", "cpu"))
+    for flag, kind in (("--batch", int), ("--throughput-batch", int), ("--repeats", int), ("--clock", str)):
+        parser.add_argument(flag, type=kind, default=None, help="latency timing (default: as finetune.latency in conf/finetune/default.yaml)")
     parser.add_argument("--no-latency", action="store_true")
     return parser.parse_args(argv)
 
@@ -74,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
 
     meta = read_checkpoint(checkpoint_file(args.checkpoint), hint=FIX)["meta"]
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "export"
-    latency = None if args.no_latency else LatencySettings(batch=args.batch, throughput_batch=args.throughput_batch,
-                                                           repeats=args.repeats, clock=args.clock)
+    timing = {"batch": args.batch, "throughput_batch": args.throughput_batch, "repeats": args.repeats, "clock": args.clock}
+    latency = None if args.no_latency else LatencySettings(**{k: v for k, v in timing.items() if v is not None})
     report = export_checkpoint(args.checkpoint, out, check_inputs(meta, args),
                                formats=[f.strip() for f in args.formats.split(",") if f.strip()],
                                opset=args.opset, tolerance=args.tolerance, latency=latency)

@@ -80,6 +80,16 @@ def _run_here(script: str, overrides: tuple[str, ...]) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(sys.argv[:1] + [script, *overrides], code, out.getvalue(), err.getvalue())
 
 
+def script_module(name: str):
+    """A user tool of scripts/ (`scripts/<name>.py`) imported as a module, to call its functions."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def one_error(proc: subprocess.CompletedProcess, *named: str) -> str:
     """Exit 2, no traceback, exactly one `gaprune: error:` line naming everything in `named`; returns it."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])

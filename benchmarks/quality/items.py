@@ -64,7 +64,7 @@ def run_arm(args, model: str, target: float, seed: int, arm: str, epochs: int | 
     if item.is_file():
         return read_json(item)
     directory = args.out / "runs" / cell / f"{arm}-s{seed}"
-    base = common(args, model, seed, epochs) + [f"objective.target_macs_reduction={target}"]
+    base = common(args, model, seed, epochs) + [f"score.target_macs_reduction={target}"]
     if arm in MATCHED_ARMS:
         extra = matched_finetune(args, cell, seed, arm)
         if extra is None:

@@ -53,7 +53,7 @@ SEARCH_ARMS = {
     "previous_ga": ["optimizer=ga", "fitness=calib", "importance=taylor", "finalists.count=0"],
     "previous_random": ["optimizer=random", "fitness=calib", "importance=taylor", "finalists.count=0"],
     "plain_nsga2": ["optimizer=nsga2", "fitness=calib", "importance=taylor", "finalists.count=0",
-                    "fitness.params.adaptive_bn=false", "objective.repair_to_target=false",
+                    "fitness.params.adaptive_bn=false", "score.repair_to_target=false",
                     "optimizer.seed_with_oneshot=false"],
 }
 # the cheap search (issue #21): the default proxy on 2 BN batches instead of 8 (ResNet-20 fidelity study,
@@ -62,7 +62,7 @@ SEARCH_ARMS = {
 # vs +0.43 for its val accuracy and +0.62 for the 100-step finalists' val accuracy), scored on
 # 512 val images; the winner's steps continued by the final fine-tune
 LEAN = ["optimizer.params.generations=6", "fitness.params.bn_batches=2", "finalists.count=1", "finalists.steps=25",
-        "finalists.metric=neg_train_loss", "finalists.calib_samples=512", "finalists.continue_winner=true"]
+        "finalists.metric=neg_train_loss", "finalists.val_samples=512", "finalists.continue_winner=true"]
 SEARCH_ARMS["lean"] = ["optimizer=nsga2", "fitness=calib", *LEAN]
 ONESHOT_ARMS = {"global_taylor": ["oneshot=global_taylor", "oneshot.params.rule=min", "oneshot.params.importance=taylor"],
                 "global_l1": ["oneshot=global_taylor", "oneshot.params.rule=min", "oneshot.params.importance=l1",

@@ -182,7 +182,7 @@ def run_finetune(cfg: DictConfig, search_dir: Path | None = None, directory: Pat
                  data=False, resolve=lambda saved: {"search_dir": str(search_dir.resolve())}) as job:
         run = job.run
         check_states(run.directory)
-        records = chosen_records(search_dir, cfg.pick, cfg.objective.target_macs_reduction)
+        records = chosen_records(search_dir, cfg.pick, cfg.score.target_macs_reduction)
         teacher, meta, _ = load_model(summary["baseline"])
         check_dataset(meta, cfg, summary["baseline"], f"the search used it: pass dataset={meta['data']['name']}")
         tuning = open_job(cfg, run.directory, teacher, meta, run.load_data(), run.device, "finetune", cfg.pick,

@@ -4,8 +4,8 @@
 - `search_latency_cost`: the latency lookup table of the run's reference model on the run's
   device (`gaprune.deploy.lut`, cached beside the importance cache under
   `<paths.checkpoints>/cache/`), built only when the search asks for latency: `latency` among
-  the objectives it optimises (`pipeline.search.search_objectives`), `objective.w_latency`,
-  `objective.target_latency_reduction` or `pick=target_latency`. LUT options: top-level
+  the objectives it optimises (`pipeline.search.search_objectives`), `score.w_latency`,
+  `score.target_latency_reduction` or `pick=target_latency`. LUT options: top-level
   `latency_lut` (batch, repeats = interleaved timing rounds, clock).
 """
 from __future__ import annotations
@@ -30,13 +30,13 @@ def latency_settings(cfg: DictConfig) -> LatencySettings | None:
 def wants_latency(cfg: DictConfig, objectives: list[str] | None = None) -> bool:
     """Whether the search needs the latency LUT. `objectives`: those the search optimises; None
     (validation, before the target repair is known) counts every objective it might optimise."""
-    objective = cfg.objective
+    score = cfg.score
     if objectives is None:
         objectives = list(cfg.optimizer.get("objectives") or [])
-        if objective.get("target_macs_reduction") is not None:
+        if score.get("target_macs_reduction") is not None:
             objectives += list(cfg.optimizer.get("target_objectives") or [])
-    return ("latency" in objectives or bool(objective.get("w_latency"))
-            or objective.get("target_latency_reduction") is not None or cfg.pick == "target_latency")
+    return ("latency" in objectives or bool(score.get("w_latency"))
+            or score.get("target_latency_reduction") is not None or cfg.pick == "target_latency")
 
 
 def lut_options(cfg: DictConfig) -> dict[str, Any]:
@@ -70,15 +70,15 @@ def validate_latency(cfg: DictConfig) -> None:
     latency_settings(cfg)
     if wants_latency(cfg):
         lut_options(cfg)
-    if cfg.pick == "target_latency" and cfg.objective.get("target_latency_reduction") is None:
-        raise GapruneError("pick=target_latency needs objective.target_latency_reduction=<fraction>, e.g. 0.5")
+    if cfg.pick == "target_latency" and cfg.score.get("target_latency_reduction") is None:
+        raise GapruneError("pick=target_latency needs score.target_latency_reduction=<fraction>, e.g. 0.5")
 
 
 def latency_picks(cfg: DictConfig, records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """{"target_latency": record} when a latency target is set and some plan reaches it."""
     from gaprune.search.picks import pick_plans
 
-    target = cfg.objective.get("target_latency_reduction")
+    target = cfg.score.get("target_latency_reduction")
     if target is None or not any(r.get("latency_reduction", -1.0) >= target for r in records):
         return {}
     return {"target_latency": pick_plans(records, "target_latency", target_latency_reduction=target)[0]}
@@ -91,5 +91,5 @@ def latency_pick(search_dir: Path) -> list[dict[str, Any]]:
     picks = search_output(search_dir, "picks.json") if (search_dir / "picks.json").exists() else {}
     if "target_latency" not in picks:
         raise GapruneError(f"search '{search_dir}' has no target_latency pick; search with "
-                           "objective.target_latency_reduction=<fraction> (and latency in optimizer.objectives)")
+                           "score.target_latency_reduction=<fraction> (and latency in optimizer.objectives)")
     return [picks["target_latency"]]

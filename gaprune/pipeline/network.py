@@ -29,7 +29,7 @@ from gaprune.search.finalists import rerank, select_finalists
 from gaprune.search.fitness import Fitness
 from gaprune.search.optimizers import Optimizer, build_optimizer
 from gaprune.search.picks import knee, pareto_front, pick_plans
-from gaprune.search.problem import Objective, Problem
+from gaprune.search.problem import Problem, Score
 from gaprune.search.target import TargetRepair, target_seeds
 from gaprune.utils.errors import Interrupted
 from gaprune.utils.io import read_json
@@ -57,21 +57,21 @@ def search_objectives(cfg: DictConfig, repair: TargetRepair | None) -> list[str]
     return list(at_target_objectives)
 
 
-def at_target(cfg: DictConfig, objective: Objective, encoding, cost, importance) -> tuple[TargetRepair | None, dict]:
-    """With objective.target_macs_reduction: the genome repair onto the target (keep-ratio
-    encodings, objective.repair_to_target) and the one-shot seeds of the first population
+def at_target(cfg: DictConfig, score: Score, encoding, cost, importance) -> tuple[TargetRepair | None, dict]:
+    """With score.target_macs_reduction: the genome repair onto the target (keep-ratio
+    encodings, score.repair_to_target) and the one-shot seeds of the first population
     (optimizer.seed_with_oneshot)."""
-    target = objective.target_macs_reduction
-    if target is None or not objective.repair_to_target:
+    target = score.target_macs_reduction
+    if target is None or not score.repair_to_target:
         return None, {}
     if not isinstance(encoding, KeepRatioEncoding):
         print(f"note: encoding={cfg.encoding.name} has no keep ratios to repair onto the MACs target; "
-              "the target acts through objective.penalty only")
+              "the target acts through score.penalty only")
         return None, {}
-    repair = TargetRepair(encoding, cost, target, objective.target_tolerance)
+    repair = TargetRepair(encoding, cost, target, score.target_tolerance)
     seeds = target_seeds(encoding, cost, importance, target) if cfg.optimizer.get("seed_with_oneshot") else {}
     print(f"search at {target:.0%} fewer MACs: genomes repaired onto [{target:.3f}, "
-          f"{target + objective.target_tolerance:.3f}]" + (f"; first population seeded with {', '.join(seeds)}"
+          f"{target + score.target_tolerance:.3f}]" + (f"; first population seeded with {', '.join(seeds)}"
                                                           if seeds else ""))
     return repair, seeds
 
@@ -90,7 +90,7 @@ def search_picks(cfg: DictConfig, records: list[Record], target_pick: Record | N
     likewise."""
     front = pareto_front(records)
     picks = {"knee": knee(front), "best": pick_plans(records, "best")[0]}
-    target = cfg.objective.target_macs_reduction
+    target = cfg.score.target_macs_reduction
     if target is not None and any(r["macs_reduction"] >= target for r in records):
         picks["target_macs"] = target_pick or pick_plans(records, "target_macs", target)[0]
     picks.update(latency_picks(cfg, records))
@@ -133,7 +133,7 @@ class NetworkSearch:
         gaprune.search.finalists, resumable through <directory>/finalists.json); None leaves the
         proxy's pick."""
         cfg, problem = self.cfg, self.problem
-        target, fin = cfg.objective.target_macs_reduction, cfg.finalists
+        target, fin = cfg.score.target_macs_reduction, cfg.finalists
         if cfg.pick != "target_macs" or target is None or not fin.count:
             return None
         seeded = [problem.record_of(problem.repair(list(genome)) if problem.repair else genome)
@@ -156,15 +156,15 @@ class NetworkSearch:
 
 def build_search(cfg: DictConfig, encoding: Encoding, cost: CostModel, importance: dict[str, np.ndarray],
                  fitness: Any, importance_macs: int, latency: Callable[[list[str]], Any] | None = None) -> NetworkSearch:
-    """The search of `cfg` over `encoding` scored by `fitness`: objective, MACs-target repair and
+    """The search of `cfg` over `encoding` scored by `fitness`: score, MACs-target repair and
     seeds, objectives, Problem and optimizer. `importance_macs`: what computing `importance`
     cost; `latency(objectives)`: the latency cost when the search asks for one (None: never)."""
     spent = Compute()
     spent.add("importance", importance_macs)
-    objective = Objective(**plain(cfg.objective))
-    repair, seeds = at_target(cfg, objective, encoding, cost, importance)
+    score = Score(**plain(cfg.score))
+    repair, seeds = at_target(cfg, score, encoding, cost, importance)
     objectives = search_objectives(cfg, repair)
-    problem = Problem(encoding, fitness, cost, objective, objectives=objectives, repair=repair,
+    problem = Problem(encoding, fitness, cost, score, objectives=objectives, repair=repair,
                       latency=latency(objectives) if latency is not None else None)
     optimizer = build_optimizer(cfg.optimizer.name, problem, seeds=list(seeds.values()), **plain(cfg.optimizer.params))
     return NetworkSearch(cfg, encoding, problem, optimizer, seeds, fitness, spent)

@@ -46,7 +46,7 @@ from gaprune.search.fitness import FITNESSES, Fitness
 from gaprune.search.layerwise import WeightMaskConfig
 from gaprune.search.optimizers import optimizer_config
 from gaprune.search.picks import PICKS
-from gaprune.search.problem import Objective, Problem, check_objectives
+from gaprune.search.problem import Problem, Score, check_objectives
 from gaprune.search.workers import FitnessRecipe, WorkerPool, check_workers
 from gaprune.utils.checks import check_int
 from gaprune.utils.errors import GapruneError, Interrupted
@@ -78,7 +78,7 @@ def validate_search_config(cfg: DictConfig) -> None:
     """Fail on bad options in one line, before a baseline is trained or a file is written."""
     validate_encoding(cfg.encoding.name, **plain(cfg.encoding.params))
     optimizer_config(cfg.optimizer.name, **plain(cfg.optimizer.params))
-    Objective(**plain(cfg.objective))
+    Score(**plain(cfg.score))
     check_objectives(list(cfg.optimizer.objectives))
     if cfg.optimizer.get("target_objectives") is not None:
         check_objectives(list(cfg.optimizer.target_objectives), "optimizer.target_objectives")
@@ -87,8 +87,8 @@ def validate_search_config(cfg: DictConfig) -> None:
     IMPORTANCES.get(cfg.importance.name)
     if cfg.pick not in PICKS:
         raise GapruneError(f"unknown pick '{cfg.pick}'; choose one of: {', '.join(PICKS)}")
-    if cfg.pick == "target_macs" and cfg.objective.target_macs_reduction is None:
-        raise GapruneError("pick=target_macs needs objective.target_macs_reduction=<fraction>, e.g. 0.7")
+    if cfg.pick == "target_macs" and cfg.score.target_macs_reduction is None:
+        raise GapruneError("pick=target_macs needs score.target_macs_reduction=<fraction>, e.g. 0.7")
     check_int("finalists.count", cfg.finalists.count, 0)
     check_int("finalists.steps", cfg.finalists.steps, 1)
     if cfg.finalists.metric not in FINALIST_METRICS:
@@ -321,10 +321,10 @@ def fitness_from_config(fit: DictConfig, run: Run, importance: dict[str, np.ndar
 def finalist_fitness(cfg: DictConfig, run: Run, importance: dict[str, np.ndarray]) -> Fitness:
     """The finalists' short fine-tune as a fitness: the `finetune` recipe capped at
     `finalists.steps` SGD steps (same seeded batches for every plan), scored on
-    `finalists.calib_samples` validation images."""
+    `finalists.val_samples` validation images."""
     fin, ft = cfg.finalists, cfg.finetune
     return FitnessRecipe("finetune", finalist_fitness_params(cfg), run.model, run.units, importance, run.bundle,
-                         fin.calib_samples, ft.eval_batch_size, int(cfg.seed),
+                         fin.val_samples, ft.eval_batch_size, int(cfg.seed),
                          bool(cfg.dataset.augment))(torch.device(run.device))
 
 

@@ -202,7 +202,7 @@ def validate_run_config(cfg: DictConfig) -> None:
     check_seed("seed", cfg.get("seed"))
     check_device(cfg.get("device", "auto"))
     for key in ("train_if_missing", "then_finetune", "dataset.augment", "model.include_linear", "finetune.kd",
-                "objective.repair_to_target"):
+                "score.repair_to_target"):
         check_bool(key, OmegaConf.select(cfg, key, default=None))
     _at_least(cfg, "trainer.epochs", 1)
     if cfg.get("task") == "finetune" or cfg.get("then_finetune") or cfg.get("task") == "oneshot":

@@ -39,11 +39,11 @@ def knee(front: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def target_latency_pick(records: Sequence[dict[str, Any]], target: float | None) -> dict[str, Any]:
     """Best proxy among plans whose predicted latency is at least `target` below the baseline's."""
     if target is None:
-        raise GapruneError("pick=target_latency needs objective.target_latency_reduction=<fraction>, e.g. 0.5")
+        raise GapruneError("pick=target_latency needs score.target_latency_reduction=<fraction>, e.g. 0.5")
     timed = [r for r in records if r.get("latency_reduction") is not None]
     if not timed:
         raise GapruneError("pick=target_latency needs a search with the latency lookup table "
-                           "(objective.target_latency_reduction or optimizer.objectives with latency)")
+                           "(score.target_latency_reduction or optimizer.objectives with latency)")
     eligible = [r for r in timed if r["latency_reduction"] >= target]
     if not eligible:
         best = max(r["latency_reduction"] for r in timed)

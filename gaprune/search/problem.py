@@ -28,7 +28,7 @@ def check_objectives(objectives: Sequence[str], key: str = "optimizer.objectives
 
 
 @dataclass
-class Objective:
+class Score:
     """Scalar score for single-objective search: weighted sum, or proxy under a MACs target."""
 
     w_acc: float = 1.0
@@ -45,19 +45,19 @@ class Objective:
         target = self.target_macs_reduction
         if target is not None and not 0.0 < float(target) < 1.0:
             raise GapruneError(
-                f"objective.target_macs_reduction={target} is out of range; give a fraction in (0, 1), e.g. 0.7"
+                f"score.target_macs_reduction={target} is out of range; give a fraction in (0, 1), e.g. 0.7"
             )
         target = self.target_latency_reduction
         if target is not None and not 0.0 < float(target) < 1.0:
             raise GapruneError(
-                f"objective.target_latency_reduction={target} is out of range; give a fraction in (0, 1), e.g. 0.5"
+                f"score.target_latency_reduction={target} is out of range; give a fraction in (0, 1), e.g. 0.5"
             )
 
     @property
     def uses_latency(self) -> bool:
         return bool(self.w_latency) or self.target_latency_reduction is not None
 
-    def score(self, proxy: float, macs_reduction: float, params_reduction: float, latency_reduction: float = 0.0) -> float:
+    def of(self, proxy: float, macs_reduction: float, params_reduction: float, latency_reduction: float = 0.0) -> float:
         if self.target_macs_reduction is not None or self.target_latency_reduction is not None:
             short = max(0.0, (self.target_macs_reduction or 0.0) - macs_reduction)
             short += max(0.0, (self.target_latency_reduction or 0.0) - latency_reduction)
@@ -67,18 +67,18 @@ class Objective:
 
 
 class Problem:
-    def __init__(self, encoding: Encoding, fitness: Fitness, cost: CostModel, objective: Objective,
+    def __init__(self, encoding: Encoding, fitness: Fitness, cost: CostModel, score: Score,
                  objectives: Sequence[str] = ("proxy", "macs", "params"),
                  repair: Callable[[Sequence[float]], list[float]] | None = None, latency: Any = None) -> None:
         check_objectives(objectives)
-        if latency is None and ("latency" in objectives or objective.uses_latency):
+        if latency is None and ("latency" in objectives or score.uses_latency):
             raise GapruneError("the latency objective needs the latency lookup table; build the Problem with "
                                "latency=LatencyCost(...) (search.py does when latency is asked for)")
         self.latency = latency
         self.encoding = encoding
         self.fitness = fitness
         self.cost = cost
-        self.objective = objective
+        self.score = score
         self.objectives = list(objectives)
         self.repair = repair
         self.records: list[dict[str, Any]] = []
@@ -143,7 +143,7 @@ class Problem:
             "id": len(self.records),
             "generation": generation,
             "proxy": proxy,
-            "score": self.objective.score(proxy, macs_reduction, params_reduction, timing.get("latency_reduction", 0.0)),
+            "score": self.score.of(proxy, macs_reduction, params_reduction, timing.get("latency_reduction", 0.0)),
             "macs": macs,
             "params": params,
             "macs_reduction": macs_reduction,

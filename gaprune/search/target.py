@@ -1,7 +1,7 @@
 """Searching at a MACs target: repair genomes onto the target, and seed the first population
 with the one-shot allocations at that target.
 
-A search whose user asked for `objective.target_macs_reduction` (and `pick=target_macs`) should
+A search whose user asked for `score.target_macs_reduction` (and `pick=target_macs`) should
 spend its budget on plans that cost what the user will deploy, not on the whole accuracy/MACs
 front. `TargetRepair` maps every keep-ratio genome whose plan misses the target band
 [target, target + tolerance] onto it by scaling all keep ratios by one factor (bisection on the
@@ -38,10 +38,10 @@ class TargetRepair:
     def __init__(self, encoding: Encoding, cost: CostModel, target: float, tolerance: float = 0.01,
                  steps: int = 40) -> None:
         if not isinstance(encoding, KeepRatioEncoding):
-            raise GapruneError(f"objective.repair_to_target=true works with keep-ratio encodings (ratio, "
-                               f"ratio_strategy), not {type(encoding).__name__}; set objective.repair_to_target=false")
+            raise GapruneError(f"score.repair_to_target=true works with keep-ratio encodings (ratio, "
+                               f"ratio_strategy), not {type(encoding).__name__}; set score.repair_to_target=false")
         if not 0.0 <= tolerance < 1.0:
-            raise GapruneError(f"objective.target_tolerance={tolerance} must be in [0, 1), e.g. 0.01")
+            raise GapruneError(f"score.target_tolerance={tolerance} must be in [0, 1), e.g. 0.01")
         self.encoding, self.cost = encoding, cost
         self.target, self.tolerance, self.steps = float(target), float(tolerance), int(steps)
 

@@ -175,6 +175,31 @@ def _run_dir_or(default: str | None) -> str | None:
         return default
 
 
+RENAMED = {"objective.": "score.", "finalists.calib_samples": "finalists.val_samples"}  # old -> new, one release
+
+
+def renamed_overrides(overrides: list[str]) -> list[str]:
+    """Overrides spelled the way of the previous release, rewritten, with one notice line each.
+
+    Args:
+        overrides: the command line after the script's name.
+
+    Returns:
+        The same overrides, renamed keys spelled the current way.
+    """
+    out = []
+    for override in overrides:
+        prefix = override[: len(override) - len(override.lstrip("+~"))]
+        for old, new in RENAMED.items():
+            if override[len(prefix):].startswith(old):
+                key = override[len(prefix):].split("=")[0]
+                override = prefix + new + override[len(prefix) + len(old):]
+                print(f"gaprune: {key} is now {new + key[len(old):]} (the old name works for one release)",
+                      file=sys.stderr)
+        out.append(override)
+    return out
+
+
 def hydra_entry(main: Callable[[], Any]) -> None:
     """Run a `@hydra.main` function from the command line with one-line errors: Hydra's config
     errors (composition, overrides, missing keys) and unwritable run dirs exit 2, Ctrl-C exits
@@ -184,6 +209,7 @@ def hydra_entry(main: Callable[[], Any]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     handle_sigterm()
+    sys.argv[1:] = renamed_overrides(sys.argv[1:])
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         main()
         return

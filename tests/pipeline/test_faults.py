@@ -5,7 +5,7 @@ config, a run dir (or baseline) in use by another process, SIGTERM, damaged reco
 empty, wrong shape, inconsistent, a directory or a file of the wrong kind), checkpoints with
 flipped bytes and bad numbers. Each is one `gaprune: error:` line naming the file or key and exit
 2 (SIGTERM: one `gaprune: interrupted ...` line and exit 130), and nothing is rewritten. OS
-errors, sweeps, reloads and messages are tests/test_faults_os.py. docs/reliability.md tabulates
+errors, sweeps, reloads and messages are tests/pipeline/test_faults_os.py. docs/reliability.md tabulates
 the classes and counts these tests."""
 from __future__ import annotations
 
@@ -458,8 +458,8 @@ def test_a_directory_where_a_file_belongs_is_one_line_before_training(tmp_path, 
 
 # --- 5. validated numbers --------------------------------------------------------------------------
 NUMBERS = [  # (config, override, what the line says)
-    ("search", "objective.w_macs=nan", "objective.w_macs=nan must be a finite number"),
-    ("search", "objective.penalty=inf", "objective.penalty=inf must be a finite number"),
+    ("search", "score.w_macs=nan", "score.w_macs=nan must be a finite number"),
+    ("search", "score.penalty=inf", "score.penalty=inf must be a finite number"),
     ("search", "finetune.lr=0", "finetune.lr=0 must be a learning rate > 0"),
     ("search", "fitness=finetune fitness.params.lr=-0.1", "fitness.params.lr=-0.1 must be a learning rate > 0"),
     ("search", "searcher=layerwise_weight_mask searcher.params.retrain_lr=0",
@@ -494,7 +494,7 @@ def test_good_numbers_pass():
 
 
 @pytest.mark.parametrize("script,override,said", [
-    ("search.py", "objective.w_macs=nan", "objective.w_macs=nan must be a finite number"),
+    ("search.py", "score.w_macs=nan", "score.w_macs=nan must be a finite number"),
     ("finetune.py", "finetune.lr=0", "finetune.lr=0 must be a learning rate > 0"),
     ("train.py", f"seed={2**32}", "must be an integer in [0, 4294967295]"),
     ("scripts/oneshot.py", "device=tpu", "device='tpu' is not one of"),

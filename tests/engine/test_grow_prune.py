@@ -22,9 +22,9 @@ from gaprune.models import build_model
 from gaprune.pruning.units import discover_units
 from gaprune.utils.errors import GapruneError
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from helpers import X0, paths, run_cli  # noqa: E402
+from helpers import X0, paths, run_cli
+
+HERE = Path(__file__).resolve().parent  # the killed child process imports this module from here
 
 SEED = [4, 4, "M", 6, 6, "M", 8]
 
@@ -136,7 +136,7 @@ def run_schedule(state_path: str, kill_after: int = 0) -> dict:
 
 def test_kill_mid_schedule_resumes_to_identical_weights(tmp_path: Path) -> None:
     killed = tmp_path / "killed.state"
-    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_grow_prune as t; t.run_schedule({str(killed)!r}, 3)"
+    code = f"import sys; sys.path[:0] = [{str(HERE)!r}, {str(HERE.parent)!r}]; import test_grow_prune as t; t.run_schedule({str(killed)!r}, 3)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9 and killed.is_file(), proc.stderr[-2000:]
     resumed = run_schedule(str(killed))

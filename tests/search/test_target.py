@@ -11,11 +11,11 @@ from gaprune.pruning.cost import CostModel
 from gaprune.search.encodings import build_encoding
 from gaprune.search.fitness import FitnessContext, build_fitness
 from gaprune.search.optimizers import build_optimizer
-from gaprune.search.problem import Objective, Problem
+from gaprune.search.problem import Problem, Score
 from gaprune.search.target import TargetRepair, macs_reduction, target_seeds
 from gaprune.utils.errors import GapruneError
 
-from helpers import X0, trained_on_digits
+from helpers import REPO, X0, trained_on_digits
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_seeded_repaired_search_stays_at_the_target_and_never_loses_to_its_seeds
     target = 0.6
     fitness = build_fitness("calib", FitnessContext(model=model, units=units, importance=importance, calib=calib))
     repair = TargetRepair(encoding, cost, target)
-    problem = Problem(encoding, fitness, cost, Objective(target_macs_reduction=target), ["proxy", "macs", "params"],
+    problem = Problem(encoding, fitness, cost, Score(target_macs_reduction=target), ["proxy", "macs", "params"],
                       repair=repair)
     seeds = target_seeds(encoding, cost, importance, target)
     random.seed(0)
@@ -118,11 +118,10 @@ def test_seeded_repaired_search_stays_at_the_target_and_never_loses_to_its_seeds
 
 
 def _search_config(*overrides: str):
-    from pathlib import Path
 
     from hydra import compose, initialize_config_dir
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = REPO / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         return compose("search", overrides=list(overrides))
 
@@ -146,7 +145,7 @@ def test_latency_lut_is_wanted_only_when_the_objectives_in_use_have_latency(setu
 
     encoding, cost = setup
     cfg = _search_config("optimizer=nsga2", "optimizer.target_objectives=[proxy,latency]",
-                         "objective.target_macs_reduction=0.6")
+                         "score.target_macs_reduction=0.6")
     assert wants_latency(cfg)  # validation counts the objectives the search might optimise
     assert wants_latency(cfg, search_objectives(cfg, TargetRepair(encoding, cost, 0.6)))
     assert not wants_latency(cfg, search_objectives(cfg, None))  # repair off: the front, no latency, no LUT

@@ -15,7 +15,7 @@ from gaprune.search.encodings import build_encoding
 from gaprune.search.fitness import FitnessContext, build_fitness
 from gaprune.search.optimizers import build_optimizer
 from gaprune.search.picks import knee, pareto_front, pick_plans
-from gaprune.search.problem import Objective, Problem
+from gaprune.search.problem import Problem, Score
 from gaprune.utils.errors import GapruneError
 
 from helpers import X0, trained_on_digits
@@ -39,11 +39,11 @@ def cost(lenet):
 # --- problem --------------------------------------------------------------------------------------
 
 
-def _problem(lenet, cost, fitness: str = "taylor_proxy", objectives=("proxy", "macs", "params"), **objective) -> Problem:
+def _problem(lenet, cost, fitness: str = "taylor_proxy", objectives=("proxy", "macs", "params"), **score) -> Problem:
     model, units, importance, calib = lenet
     enc = build_encoding("ratio_strategy", units, importance, r_min=0.1)
     context = FitnessContext(model=model, units=units, importance=importance, calib=calib)
-    return Problem(enc, build_fitness(fitness, context), cost, Objective(**objective), objectives=objectives)
+    return Problem(enc, build_fitness(fitness, context), cost, Score(**score), objectives=objectives)
 
 
 def test_problem_records_and_cache(lenet, cost) -> None:
@@ -72,11 +72,11 @@ def test_problem_records_and_cache(lenet, cost) -> None:
 
 
 def test_objective_and_problem_errors(lenet, cost) -> None:
-    assert Objective(target_macs_reduction=0.5).score(0.9, 0.3, 0.0) == pytest.approx(0.9 - 2.0 * 0.2)
-    assert Objective(target_macs_reduction=0.5).score(0.9, 0.6, 0.0) == pytest.approx(0.9)
-    assert Objective(w_acc=1, w_macs=0.5, w_params=0.25).score(0.8, 0.4, 0.2) == pytest.approx(1.05)
+    assert Score(target_macs_reduction=0.5).of(0.9, 0.3, 0.0) == pytest.approx(0.9 - 2.0 * 0.2)
+    assert Score(target_macs_reduction=0.5).of(0.9, 0.6, 0.0) == pytest.approx(0.9)
+    assert Score(w_acc=1, w_macs=0.5, w_params=0.25).of(0.8, 0.4, 0.2) == pytest.approx(1.05)
     with pytest.raises(GapruneError, match="target_macs_reduction"):
-        Objective(target_macs_reduction=1.5)
+        Score(target_macs_reduction=1.5)
     with pytest.raises(GapruneError, match="objectives"):
         _problem(lenet, cost, objectives=("macs", "params"))
     problem = _problem(lenet, cost)

@@ -65,7 +65,7 @@ def test_rerank_picks_the_best_after_fine_tuning_and_resumes(tmp_path):
 
 def test_search_at_a_target_fine_tunes_the_pick_the_finalists_chose(trained, tmp_path):
     out = [f"paths.checkpoints={trained / 'ck'}", f"paths.output_root={tmp_path}", "logger.mode=disabled"]
-    run_cli("search.py", *out, "objective.target_macs_reduction=0.5", "pick=target_macs",
+    run_cli("search.py", *out, "score.target_macs_reduction=0.5", "pick=target_macs",
             "optimizer.params.population=8", "optimizer.params.generations=1", "fitness.calib_samples=128",
             "finalists.count=3", "finalists.steps=5", "then_finetune=false")
     (run,) = (tmp_path / "search").iterdir()

@@ -148,18 +148,18 @@ def test_options_take_their_defaults_from_the_yaml():
     assert cfg.optimizer.params.population == OmegaConf.load(REPO / "conf/optimizer/nsga2.yaml").params.population
     assert cfg.model.include_linear is False  # conf/model/custom.yaml, not the CLI's default lenet5
     cfg = gaprune.config("search", population=8, fitness="taylor_proxy", finalists=2, overrides=["encoding=ratio"],
-                         **{"objective.w_macs": 1.0})
+                         **{"score.w_macs": 1.0})
     assert (cfg.optimizer.params.population, cfg.fitness.name, cfg.finalists.count, cfg.encoding.name,
-            cfg.objective.w_macs) == (8, "taylor_proxy", 2, "ratio", 1.0)
+            cfg.score.w_macs) == (8, "taylor_proxy", 2, "ratio", 1.0)
 
 
 @pytest.mark.parametrize("options,message", [
     ({"populaton": 8}, "unknown option 'populaton'"),
-    ({"objective": 1}, "option 'objective' is a config section"),
+    ({"score": 1}, "option 'score' is a config section"),
     ({"fitness": "nope"}, "fitness"),
     ({"population": 6}, "multiple of 4"),
     ({"pick": "all"}, "gaprune.search picks one of"),
-    ({"objective.w_latency": 0.5}, "latency"),
+    ({"score.w_latency": 0.5}, "latency"),
 ])
 def test_bad_options_are_one_line_errors(setup, options, message):
     model, _, val = setup

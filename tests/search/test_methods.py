@@ -22,7 +22,7 @@ from gaprune.pruning.plan import SparsePlan
 from gaprune.search.encodings import build_encoding, validate_encoding
 from gaprune.search.fitness import FitnessContext, build_fitness
 from gaprune.search.optimizers import build_optimizer
-from gaprune.search.problem import Objective, Problem
+from gaprune.search.problem import Problem, Score
 from gaprune.utils.errors import GapruneError
 
 from helpers import X0, assert_same_state, run_cli, state_copy, trained_on_digits
@@ -112,7 +112,7 @@ def test_ga_with_channel_mask_improves_the_score(lenet) -> None:
     enc = build_encoding("channel_mask", units, importance)
     context = FitnessContext(model=model, units=units, importance=importance, calib=calib)
     problem = Problem(enc, build_fitness("calib", context), CostModel(model, units, X0),
-                      Objective(w_acc=1.0, w_macs=0.5), objectives=["proxy"])
+                      Score(w_acc=1.0, w_macs=0.5), objectives=["proxy"])
     optimizer = build_optimizer("ga", problem, population=10, generations=6, tournament=3)
     random.seed(2)
     best: list[float] = []
@@ -121,7 +121,7 @@ def test_ga_with_channel_mask_improves_the_score(lenet) -> None:
     assert all(g in (0.0, 1.0) for ind in final for g in ind)  # bits stay bits under crossover / mutation
     assert len(problem.records) > 30
     # NSGA-II (SBX over an empty real part) runs too
-    nsga = Problem(enc, build_fitness("taylor_proxy", context), CostModel(model, units, X0), Objective())
+    nsga = Problem(enc, build_fitness("taylor_proxy", context), CostModel(model, units, X0), Score())
     random.seed(0)
     build_optimizer("nsga2", nsga, population=8, generations=2).run(lambda *_: None)
     assert len({r["macs"] for r in nsga.records}) > 5
@@ -206,7 +206,7 @@ def test_layer_sparsity_search_trades_accuracy_for_sparse_macs(lenet) -> None:
     model, units, importance, calib = lenet
     enc = build_encoding("layer_sparsity", units, importance, model=model)
     context = FitnessContext(model=model, units=units, importance=importance, calib=calib)
-    problem = Problem(enc, build_fitness("calib", context), enc.cost_model(model, X0, random.Random(0)), Objective())
+    problem = Problem(enc, build_fitness("calib", context), enc.cost_model(model, X0, random.Random(0)), Score())
     random.seed(0)
     build_optimizer("nsga2", problem, population=8, generations=3).run(lambda *_: None)
     records = problem.records

@@ -74,7 +74,7 @@ def _bundle_sizes(root: Path) -> tuple[int, int]:
 
 
 SEARCH = ["logger.mode=disabled", "optimizer.params.population=4", "optimizer.params.generations=1",
-          "fitness.calib_samples=128", "objective.target_macs_reduction=0.5", "pick=target_macs", "finalists.count=1",
+          "fitness.calib_samples=128", "score.target_macs_reduction=0.5", "pick=target_macs", "finalists.count=1",
           "finalists.steps=3", "finetune.epochs=2", "finetune.latency.enabled=false"]
 
 

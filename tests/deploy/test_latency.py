@@ -21,8 +21,9 @@ from gaprune.pruning.importance import random_importance
 from gaprune.pruning.units import discover_units
 from gaprune.search.encodings import build_encoding
 from gaprune.search.picks import pick_plans
-from gaprune.search.problem import Objective, Problem
+from gaprune.search.problem import Problem, Score
 from gaprune.utils.errors import GapruneError
+from helpers import REPO, script_module
 
 X0 = torch.zeros(1, 1, 32, 32)
 FAST = dict(warmup=1, repeats=1, throughput_batch=4, min_block_s=0.001)
@@ -174,9 +175,9 @@ def test_latency_objective_and_target_latency_pick(lenet, lenet_lut):
     encoding = build_encoding("ratio", units, random_importance(model, units), model=model)
     cost = CostModel(model, units, X0)
     with pytest.raises(GapruneError, match="latency lookup table"):
-        Problem(encoding, _Proxy(), cost, Objective(), objectives=["proxy", "latency"])
+        Problem(encoding, _Proxy(), cost, Score(), objectives=["proxy", "latency"])
     latency = LatencyCost(lenet_lut, units)
-    problem = Problem(encoding, _Proxy(), cost, Objective(target_latency_reduction=0.05),
+    problem = Problem(encoding, _Proxy(), cost, Score(target_latency_reduction=0.05),
                       objectives=["proxy", "macs", "latency"], latency=latency)
     rng = random.Random(0)
     records = problem.evaluate([encoding.random_genome(rng) for _ in range(12)] + [encoding.full_genome()], 0)
@@ -204,11 +205,10 @@ def test_pearson():
 
 
 def _compose(*overrides: str):
-    from pathlib import Path
 
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         return compose("search", overrides=list(overrides))
 
 
@@ -221,24 +221,14 @@ def test_config_keys_compose_and_validate():
     assert latency_settings(_compose("finetune.latency.enabled=false")) is None
     assert not wants_latency(_compose())
     assert wants_latency(_compose("optimizer.objectives=[proxy,latency]"))
-    cfg = _compose("objective.target_latency_reduction=0.4", "pick=target_latency", "latency_lut.clock=cpu")
+    cfg = _compose("score.target_latency_reduction=0.4", "pick=target_latency", "latency_lut.clock=cpu")
     assert wants_latency(cfg) and lut_options(cfg)["clock"] == "cpu"
     validate_latency(cfg)
-    Objective(**{k: v for k, v in dict(cfg.objective).items()})
+    Score(**{k: v for k, v in dict(cfg.score).items()})
     with pytest.raises(GapruneError, match="target_latency_reduction"):
         validate_latency(_compose("pick=target_latency"))
     with pytest.raises(GapruneError, match="latency_lut"):
         validate_latency(_compose("optimizer.objectives=[proxy,latency]", "latency_lut.clock=sundial"))
-
-
-def _script(name: str):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_latency_benchmark_reports_fit_and_picks(tmp_path):
@@ -261,7 +251,7 @@ def test_latency_benchmark_reports_fit_and_picks(tmp_path):
 
 
 def test_paper_report_shows_speedup_columns():
-    report = _script("report")
+    report = script_module("report")
     row = {"method": "nsga2", "test_acc": 0.9, "test_acc_delta": -0.01, "macs_reduction": 0.7, "params_reduction": 0.6,
            "latency_ms": 1.0, "speedup": 2.5, "throughput_speedup": 3.0, "source": "run", "seed": 0,
            "baseline": {"test_acc": 0.91, "latency_ms": 2.5}}

@@ -3,10 +3,9 @@ scripts/baseline.py (-> scripts/oneshot.py, method= -> oneshot=) and encoding=we
 (-> searcher=layerwise_weight_mask, encoding.params -> searcher.params)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from helpers import REPO, paths, run_cli
+from helpers import paths, run_cli, script_module
 
 
 def notices(stderr: str) -> list[str]:
@@ -14,9 +13,7 @@ def notices(stderr: str) -> list[str]:
 
 
 def test_baseline_shim_translates_method_overrides() -> None:
-    spec = importlib.util.spec_from_file_location("baseline_shim", REPO / "scripts" / "baseline.py")
-    shim = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shim)
+    shim = script_module("baseline")
     assert shim.translate(["method=lamp", "method.params.rule=min", "+method.params.x=1", "-m", "methods=1",
                            "target_sparsity=0.9"]) == [
         "oneshot=lamp", "oneshot.params.rule=min", "+oneshot.params.x=1", "-m", "methods=1", "target_sparsity=0.9"]
@@ -42,3 +39,21 @@ def test_encoding_weight_mask_still_runs_the_layerwise_search(trained, tmp_path)
     summary = json.loads((run / "search_summary.json").read_text())
     assert summary["searcher"] == "layerwise_weight_mask" and summary["layers"] == ["fc2"]
     assert (run / "weight_masks.json").is_file() and (run / "layerwise_state.pt").is_file()
+
+
+def test_options_renamed_this_release_keep_working_with_a_notice(capsys) -> None:
+    from gaprune.utils.job import renamed_overrides
+
+    assert renamed_overrides(["objective.target_macs_reduction=0.7", "+objective.w_macs=1", "seed=1",
+                              "finalists.calib_samples=64", "optimizer.objectives=[proxy]"]) == [
+        "score.target_macs_reduction=0.7", "+score.w_macs=1", "seed=1", "finalists.val_samples=64",
+        "optimizer.objectives=[proxy]"]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == ("gaprune: objective.target_macs_reduction is now score.target_macs_reduction "
+                        "(the old name works for one release)") and len(lines) == 3
+
+
+def test_a_renamed_option_on_the_command_line_reaches_the_job(trained, tmp_path):
+    proc = run_cli("search.py", *paths(trained)[:1], f"paths.output_root={tmp_path}", "logger.mode=disabled",
+                   "objective.target_macs_reduction=1.5", check=False)
+    assert "score.target_macs_reduction=1.5 is out of range" in proc.stderr and proc.returncode == 2
