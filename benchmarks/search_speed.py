@@ -26,7 +26,7 @@ from gaprune.pruning.units import discover_units
 from gaprune.search.encodings import build_encoding
 from gaprune.search.fitness import FitnessContext, build_fitness
 from gaprune.search.optimizers import build_optimizer
-from gaprune.search.problem import Objective, Problem
+from gaprune.search.problem import Problem, Score
 
 
 def calibration_batches(args) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
     rates = evaluation_rates(model, units, x0, context, proxy_fit, cost, plans, calib, args)
 
     seed_everything(0)
-    problem = Problem(encoding, proxy_fit, cost, Objective())
+    problem = Problem(encoding, proxy_fit, cost, Score())
     optimizer = build_optimizer("nsga2", problem, population=args.population, generations=args.generations)
     start = time.perf_counter()
     optimizer.run(lambda *_: None)

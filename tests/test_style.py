@@ -1,5 +1,6 @@
-"""The code passes the repository's ruff config (pyproject.toml [tool.ruff]), and no function is
-longer than the project's limit (a long function is split into named steps)."""
+"""The code passes the repository's ruff config (pyproject.toml [tool.ruff]), and no function or
+module is longer than the project's limits (a long function is split into named steps, a long
+module into modules of one concern each)."""
 from __future__ import annotations
 
 import ast
@@ -11,6 +12,7 @@ import pytest
 from helpers import REPO
 
 MAX_FUNCTION_LINES = 60  # from `def` to its last line, docstring included (decorators not)
+MAX_MODULE_LINES = 400
 ENTRY_SCRIPTS = ("train.py", "search.py", "finetune.py")
 
 
@@ -39,3 +41,9 @@ def test_no_function_is_longer_than_the_limit():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps): " + "; ".join(long)
+
+
+def test_no_module_is_longer_than_the_limit():
+    long = [f"{path.relative_to(REPO)} ({n} lines)" for path in checked_files()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES]
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: " + "; ".join(long)

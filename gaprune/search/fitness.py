@@ -214,9 +214,8 @@ class CalibrationAccuracy(MaskedForwardFitness):
     masked path the shared model's BN buffers are re-estimated under the masks and restored after.
     Plans are scored one at a time (stacked plans would share BN statistics)."""
 
-    def __init__(self, context: FitnessContext, chunk: int = 8, metric: str = "accuracy",
-                 adaptive_bn: bool | str = "auto", bn_batches: int = 8, bn_batch_size: int = 64,
-                 execution: str = "auto") -> None:
+    def __init__(self, context: FitnessContext, chunk: int = 8, metric: str = "accuracy", adaptive_bn: bool | str = "auto",
+                 bn_batches: int = 8, bn_batch_size: int = 64, execution: str = "auto") -> None:
         if adaptive_bn == "auto":  # the most faithful proxy wherever there are BN statistics to refit
             adaptive_bn = bool(batch_norms(context.model)) and context.train_batches is not None
         if adaptive_bn not in (True, False):
