@@ -21,7 +21,7 @@ X0 = torch.zeros(1, 1, 32, 32)
 REPO = Path(__file__).resolve().parents[1]
 
 
-_last_start = [0.0]  # when the previous in-process job started (run dirs are named to the second)
+_last_start: dict[str, float] = {}  # output root -> when an in-process job last started there
 
 
 def run_cli(script: str, *overrides: str, check: bool = True, process: bool = False) -> subprocess.CompletedProcess:
@@ -52,9 +52,10 @@ def _run_here(script: str, overrides: tuple[str, ...]) -> subprocess.CompletedPr
 
     from hydra.core.global_hydra import GlobalHydra
 
-    while int(time.time()) == int(_last_start[0]):  # a new second: a new run dir name
+    root = next((o.split("=", 1)[1] for o in overrides if o.startswith("paths.output_root=")), "")
+    while int(time.time()) == int(_last_start.get(root, 0.0)):  # run dirs are named to the second
         time.sleep(0.05)
-    _last_start[0] = time.time()
+    _last_start[root] = time.time()
     out, err, code = io.StringIO(), io.StringIO(), 0
     argv, cwd, env = sys.argv, os.getcwd(), dict(os.environ)
     sigterm, threads = signal.getsignal(signal.SIGTERM), torch.get_num_threads()

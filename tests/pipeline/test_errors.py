@@ -131,6 +131,14 @@ def test_bad_input_is_one_line_exit_2(case, tmp_path):
     assert_one_line_error(proc, expected, tmp_path)
 
 
+@pytest.mark.parametrize("script", ["train.py", "search.py", "finetune.py", "scripts/oneshot.py"])
+def test_every_entry_point_exits_2_with_one_line_in_a_real_process(script, tmp_path):
+    """The suite runs entry points in-process (helpers.run_cli); here each runs as a user starts it."""
+    proc = run_cli(script, f"paths.output_root={tmp_path / 'out'}", "seed=-5", check=False, process=True)
+    one_error(proc, "seed=-5 must be an integer")
+    assert not (tmp_path / "out").exists()
+
+
 def test_recorded_config_mismatch_is_one_line(workspace, tmp_path):
     proc = run_cli("search.py", f"baseline={baseline_of(workspace)}", f"paths.checkpoints={tmp_path / 'ck'}",
                    f"paths.output_root={tmp_path / 'out'}", "trainer.epochs=3", "logger.mode=disabled", check=False)
