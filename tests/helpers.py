@@ -1,6 +1,7 @@
 """Helpers shared by several test modules: running the entry points, small trained models."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -79,6 +80,32 @@ def _run_here(script: str, overrides: tuple[str, ...]) -> subprocess.CompletedPr
         torch.set_num_threads(threads)
         GlobalHydra.instance().clear()
     return subprocess.CompletedProcess(sys.argv[:1] + [script, *overrides], code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def hydra_job(primary: str, *overrides: str, run: Path | None = None):
+    """The job config of `primary` (conf/<primary>.yaml) with these command-line overrides, as inside
+    a Hydra job (HydraConfig set); with `run`, that is the job's run dir (created, as Hydra does)."""
+    import copy
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(primary, overrides=list(overrides), return_hydra_config=True)
+    if run is not None:
+        run.mkdir(parents=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir, cfg.hydra.job.name = str(run), primary
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        del job["hydra"]
+    HydraConfig.instance().set_config(cfg)
+    try:
+        yield job
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def script_module(name: str):

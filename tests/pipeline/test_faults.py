@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from helpers import REPO, baseline_of, interrupted, one_error, run_cli
+from helpers import REPO, baseline_of, hydra_job, interrupted, one_error, run_cli
 
 FAST = ["trainer.epochs=1", "logger.mode=disabled"]  # the recipe of this module's baseline
 SEARCH = ["optimizer.params.population=8", "optimizer.params.generations=1", "fitness.calib_samples=64",
@@ -162,26 +162,6 @@ def test_run_config_compares_by_meaning_not_spelling(tmp_path):
     check_same_run(tmp_path, saved, same)  # paths to the same place, more generations, results-neutral keys
     with pytest.raises(Exception, match="was started with paths.checkpoints="):
         check_same_run(tmp_path, saved, snapshot(composed("search", "paths.checkpoints=elsewhere")))
-
-
-@contextmanager
-def hydra_job(primary: str, *overrides: str):
-    """The job config of `primary` with these command-line overrides, as inside a Hydra job."""
-    import copy
-
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(primary, overrides=list(overrides), return_hydra_config=True)
-    job = copy.deepcopy(cfg)
-    with open_dict(job):
-        del job["hydra"]
-    HydraConfig.instance().set_config(cfg)
-    try:
-        yield job
-    finally:
-        HydraConfig.instance().cfg = None
 
 
 def test_finetune_takes_model_and_dataset_from_its_search_unless_given(tmp_path):

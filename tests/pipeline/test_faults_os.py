@@ -5,21 +5,18 @@ messages that never advise deleting a run. OS errors are injected in-process (th
 `os.fsync` / `os.replace` raise for the files a job writes, as a full or read-only disk would."""
 from __future__ import annotations
 
-import copy
 import errno
 import fnmatch
 import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from helpers import REPO, one_error, run_cli, script_module
+from helpers import REPO, hydra_job, one_error, run_cli, script_module
 
 FAST = ["trainer.epochs=1", "logger.mode=disabled"]
 SEARCH = ["optimizer.params.population=8", "optimizer.params.generations=1", "fitness.calib_samples=64",
@@ -31,27 +28,6 @@ LAYERWISE = ["searcher=layerwise_weight_mask", "searcher.params.layers=[conv2,fc
 
 def where(root: Path) -> list[str]:
     return [f"paths.checkpoints={root / 'ck'}", f"paths.output_root={root / 'out'}", *FAST]
-
-
-@contextmanager
-def hydra_job(primary: str, run: Path, *overrides: str):
-    """The config of `primary` as inside a Hydra job whose run dir is `run` (created, as Hydra does)."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(primary, overrides=list(overrides), return_hydra_config=True)
-    run.mkdir(parents=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir, cfg.hydra.job.name = str(run), primary
-    job = copy.deepcopy(cfg)
-    with open_dict(job):
-        del job["hydra"]
-    HydraConfig.instance().set_config(cfg)
-    try:
-        yield job
-    finally:
-        HydraConfig.instance().cfg = None
 
 
 def job_of(primary: str):
@@ -67,7 +43,7 @@ def run_job(primary: str, run: Path, *overrides: str) -> None:
     """Run a job in-process as its entry point does (`exit_on_user_error`); returns when it succeeds."""
     from gaprune.utils.job import exit_on_user_error
 
-    with hydra_job(primary, run, *overrides) as cfg:
+    with hydra_job(primary, *overrides, run=run) as cfg:
         exit_on_user_error(job_of(primary))(cfg)
 
 
@@ -247,14 +223,14 @@ def test_resume_true_in_a_sweep_job_is_its_own_sub_dir(tmp_path):
     for run in (newest, own):
         run.mkdir(parents=True)
     (newest / "results.json").write_text("{}")
-    with hydra_job("finetune", tmp_path / "h", f"paths.output_root={tmp_path / 'out'}", "resume=true") as cfg:
+    with hydra_job("finetune", f"paths.output_root={tmp_path / 'out'}", "resume=true", run=tmp_path / "h") as cfg:
         assert resolve_resume(cfg, own, RESUMABLE, "finetune") == (newest, True)  # a single run: the newest
         with read_write(HydraConfig.get()):
             HydraConfig.get().mode = RunMode.MULTIRUN
         assert resolve_resume(cfg, own, RESUMABLE, "finetune") == (own, False)  # a sweep's job that had not started
         (own / "state-knee-3.pt").write_bytes(b"")
         assert resolve_resume(cfg, own, RESUMABLE, "finetune") == (own, True)
-    with hydra_job("finetune", tmp_path / "h2", f"paths.output_root={tmp_path / 'out'}") as cfg:
+    with hydra_job("finetune", f"paths.output_root={tmp_path / 'out'}", run=tmp_path / "h2") as cfg:
         with pytest.raises(GapruneError, match=f"the run dir '{own}' already holds a finetune run; continue it"):
             resolve_resume(cfg, own, RESUMABLE, "finetune")  # a fresh run is never started over a run's records
 
