@@ -11,7 +11,9 @@ one teacher forward. Phases:
   each plan's network; the full-width baseline when plans run masked);
 - `finalists`: the finalists' short fine-tunes (training and validation passes);
 - `finetune`: the final fine-tune (student training passes, the KD teacher's forwards, the
-  student's per-epoch validation passes).
+  student's per-epoch validation passes);
+- `retrain`: the layer-wise search's short retrain after each layer (training and validation
+  passes of the masked network).
 
 The report of a finished model (its final validation and test accuracy) is not counted: every
 arm spends it alike. Cached results (importance read from the cache, a plan evaluated before) are
@@ -29,7 +31,7 @@ import torch.nn as nn
 
 from gaprune.utils.errors import GapruneError
 
-PHASES = ("importance", "proxy", "finalists", "finetune")
+PHASES = ("importance", "proxy", "finalists", "finetune", "retrain")
 BACKWARD_FACTOR = 2  # a backward pass costs twice its forward
 
 

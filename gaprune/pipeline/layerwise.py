@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from gaprune.data.loaders import capped
 from gaprune.engine.checkpoint import load_model, save_checkpoint
+from gaprune.engine.compute import Compute, forward_macs, training_macs
 from gaprune.engine.training import evaluate, seed_everything, train
 from gaprune.pipeline.finetune import open_job
 from gaprune.pipeline.lifecycle import JobRun, job_run
@@ -86,7 +87,8 @@ def run_layerwise_search(cfg: DictConfig) -> dict[str, Any]:
           f"-{100 * summary['macs_reduction']:.1f}%, calib acc {baseline_calib:.4f} -> {summary['calib_acc']:.4f} "
           f"in {seconds:.1f}s -> {directory}")
     if cfg.get("then_finetune"):
-        summary["finetune"] = finetune_masked(cfg, run, model, plan, summary["sparse_macs"])
+        summary["finetune"] = finetune_masked(cfg, run, model, plan, summary["sparse_macs"],
+                                              Compute.from_json(summary["compute_macs_by_phase"]))
     return summary
 
 
@@ -150,7 +152,10 @@ def layer_retrain(cfg: DictConfig, config: WeightMaskConfig, run: Run, calib: li
         history = train(net, capped(batches, config.retrain_steps), calib, trainer,
                         after_step=lambda: apply_masks_permanently(net, on_device),
                         desc=f"retrain after {layers[index]}")
-        return {"train_loss": history[-1]["train_loss"], "epochs": len(history)} if history else {}
+        if not history:
+            return {}
+        return {"train_loss": history[-1]["train_loss"], "epochs": len(history),
+                "train_images": sum(r["train_images"] for r in history), "eval_images": sum(r["eval_images"] for r in history)}
 
     return retrain
 
@@ -188,22 +193,37 @@ def masked_outcome(run: Run, model: nn.Module, config: WeightMaskConfig, layers:
         "evaluations": sum(r["evaluations"] for r in result.layers), "seconds": seconds,
         "checkpoint": str((run.directory / MODEL).resolve()),
     }
+    spent = search_compute(result, summary["calib_samples"], cost.base_macs)
+    summary.update({"compute_macs": spent.total, "compute_macs_by_phase": spent.to_json()})
     out_meta = {**meta, "val_acc": val_acc, "test_acc": test_acc, "baseline_val_acc": meta["val_acc"],
                 "baseline_test_acc": meta["test_acc"], "sparse": sparse_info}
     return summary, out_meta
+
+
+def search_compute(result: LayerwiseResult, calib_images: int, dense_macs: float) -> Compute:
+    """What the search spent (`gaprune.engine.compute`): every mask scored on the calibration
+    images (`proxy`), and the retrain after each layer (`retrain`), all through the dense network
+    (masked weights are zeros, not removed)."""
+    spent = Compute()
+    spent.add("proxy", forward_macs(sum(r["evaluations"] for r in result.layers) * calib_images, dense_macs))
+    for layer in result.layers:
+        spent.add("retrain", training_macs(layer.get("retrain_train_images", 0), dense_macs)
+                  + forward_macs(layer.get("retrain_eval_images", 0), dense_macs))
+    return spent
 
 
 PER_LAYER = ("layer", "weights", "kept", "sparsity", "acc_ga", "acc_after_layer", "fitness", "initial_best_fitness",
              "evaluations", "mode", "seconds", "retrain_seconds")  # a layer's fields in the summary
 
 
-def finetune_masked(cfg: DictConfig, run: Run, model: nn.Module, plan, predicted_macs: float) -> list[dict[str, Any]]:
+def finetune_masked(cfg: DictConfig, run: Run, model: nn.Module, plan, predicted_macs: float,
+                    spent: Compute) -> list[dict[str, Any]]:
     """then_finetune: fine-tune the masked model (masks kept) with KD from the baseline into
     <run dir>/finetune; returns its results rows."""
     teacher, _, _ = load_model(run.baseline_path)
     tuning = open_job(cfg, run.directory / "finetune", teacher, run.meta, run.bundle, run.device, "finetune", "weight_mask")
     if not tuning.done(0):
-        tuning.run(plan, 0, predicted_macs=predicted_macs,
+        tuning.run(plan, 0, predicted_macs=predicted_macs, spent=spent,
                    start_weights={k: v.detach().cpu() for k, v in model.state_dict().items()})
     tuning.close()
     return tuning.rows

@@ -24,7 +24,7 @@ def test_ledger_adds_by_phase_and_round_trips():
     compute.add("proxy", 5)
     compute.add("finetune", 100)
     assert compute.total == 115
-    assert compute.to_json() == {"total": 115, "importance": 0, "proxy": 15, "finalists": 0, "finetune": 100}
+    assert compute.to_json() == {"total": 115, "importance": 0, "proxy": 15, "finalists": 0, "finetune": 100, "retrain": 0}
     assert Compute.from_json(compute.to_json()).to_json() == compute.to_json()
     assert (compute + Compute({"importance": 7})).total == 122
     with pytest.raises(GapruneError, match="unknown compute phase 'search'"):
@@ -99,7 +99,8 @@ def test_search_and_finetune_compute_recounted_by_hand(trained, tmp_path):
     finalist = {f["id"]: 3 * batch * (3 * by_id[f["id"]]["macs"] + base)  # 3 KD steps: student fwd+bwd, teacher fwd
                 + 2 * val_n * by_id[f["id"]]["macs"] for f in finalists["rows"]}  # val before and after
     assert summary["compute_macs_by_phase"] == {"total": proxy + sum(finalist.values()), "importance": 0,
-                                                "proxy": proxy, "finalists": sum(finalist.values()), "finetune": 0}
+                                                "proxy": proxy, "finalists": sum(finalist.values()), "finetune": 0,
+                                                "retrain": 0}
     macs = row["macs"]
     trained_images = 2 * train_n - 3 * batch  # the winner's first 3 steps were its finalist fine-tune
     finetune = trained_images * (3 * macs + base) + 3 * val_n * macs  # val before + after each epoch

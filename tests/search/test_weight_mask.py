@@ -318,6 +318,10 @@ def test_search_py_weight_mask_end_to_end_and_resume(trained, tmp_path):  # noqa
     assert without_time(json.loads((run / "layers.json").read_text())) == without_time(rows)
     (row,) = json.loads((run / "finetune" / "results.json").read_text())["results"]  # then_finetune: masks kept
     assert row["pick"] == "weight_mask" and row["sparsity"] == pytest.approx(summary["sparsity"])
+    resumed = json.loads((run / "search_summary.json").read_text())  # the resumed search counts both layers
+    assert resumed["compute_macs"] == summary["compute_macs"] > 0
+    assert row["compute_macs_by_phase"]["proxy"] == summary["compute_macs_by_phase"]["proxy"]  # the search's, then
+    assert row["compute_macs"] == summary["compute_macs"] + row["compute_macs_by_phase"]["finetune"]  # its fine-tune
 
 
 def test_search_py_single_layer_with_retrain(trained, tmp_path):  # noqa: F811
@@ -336,3 +340,11 @@ def test_search_py_single_layer_with_retrain(trained, tmp_path):  # noqa: F811
     assert not torch.equal(model.fc1.weight, base.fc1.weight)  # ... which did train the network
     assert summary["network_sparsity"] == pytest.approx(int((~mask).sum()) / sum(
         model.get_submodule(n).weight.numel() for n in LENET_LAYERS))
+    # compute, recounted: every mask scored on the calibration images, then 5 retrain steps of 64 images
+    # (forward + backward) and the retrain's validation on the calibration images, all through the dense network
+    (layer,) = json.loads((run / "layer_results.json").read_text())
+    dense, calib = summary["baseline_macs"], summary["calib_samples"]
+    assert layer["retrain_train_images"] == 5 * 64 and layer["retrain_eval_images"] == calib
+    assert summary["compute_macs_by_phase"]["proxy"] == layer["evaluations"] * calib * dense
+    assert summary["compute_macs_by_phase"]["retrain"] == 5 * 64 * 3 * dense + calib * dense
+    assert summary["compute_macs"] == summary["compute_macs_by_phase"]["proxy"] + summary["compute_macs_by_phase"]["retrain"]
