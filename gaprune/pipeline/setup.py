@@ -212,6 +212,9 @@ def validate_run_config(cfg: DictConfig) -> None:
     if cfg.get("fitness") is not None and cfg.fitness.get("name") != "taylor_proxy":
         _at_least(cfg, "fitness.calib_samples", 1, " (null: every validation image)", null_ok=True)
     _at_least(cfg, "optimizer.params.generations", 0, " (0: only the initial population is evaluated)")
+    _at_least(cfg, "importance.calib_batches", 0, " (0: data-free)")
+    for key in ("importance.calib_batch_size", "fitness.calib_batch_size"):
+        _at_least(cfg, key, 1)
     check_numbers(snapshot(cfg))
 
 

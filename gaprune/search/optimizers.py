@@ -73,6 +73,9 @@ def fitness_class(weights: tuple[float, ...]) -> type[base.Fitness]:
     return type("Fitness", (base.Fitness,), {"weights": weights})
 
 
+MAX_POPULATION = 100_000  # plans per generation; a larger one is a typo, not a search
+
+
 @dataclass
 class OptimizerConfig:
     population: int = 24
@@ -97,6 +100,9 @@ class OptimizerConfig:
                 raise GapruneError(f"optimizer.params.{key}={value!r} must be a number")
         if self.population < 2:
             raise GapruneError(f"optimizer.params.population={self.population} is too small; use at least 4")
+        for key in ("population", "offspring"):
+            if (getattr(self, key) or 0) > MAX_POPULATION:  # every plan and its record are held in memory
+                raise GapruneError(f"optimizer.params.{key}={getattr(self, key)} is too large; use at most {MAX_POPULATION}")
         if self.generations < 0:
             raise GapruneError(f"optimizer.params.generations={self.generations} must be >= 0")
         if name == "nsga2" and (self.population < 4 or self.population % 4):
