@@ -1,17 +1,5 @@
-"""Entry point: see conf/finetune.yaml. Logic lives in gaprune/."""
-import hydra
-from omegaconf import DictConfig
-
-from gaprune.utils.job import exit_on_user_error, hydra_entry
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="finetune")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    from gaprune.pipeline.finetune import run_finetune
-
-    run_finetune(cfg)
-
+"""Entry point: see conf/finetune.yaml. Logic lives in gaprune/ (`gaprune.cli`; pip-installed: `gaprune-finetune`)."""
+from gaprune.cli import run
 
 if __name__ == "__main__":
-    hydra_entry(main)
+    run("finetune")

@@ -1,17 +1,5 @@
-"""Entry point: see conf/search.yaml. Logic lives in gaprune/."""
-import hydra
-from omegaconf import DictConfig
-
-from gaprune.utils.job import exit_on_user_error, hydra_entry
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="search")
-@exit_on_user_error
-def main(cfg: DictConfig) -> None:
-    from gaprune.pipeline.search import run_search
-
-    run_search(cfg)
-
+"""Entry point: see conf/search.yaml. Logic lives in gaprune/ (`gaprune.cli`; pip-installed: `gaprune-search`)."""
+from gaprune.cli import run
 
 if __name__ == "__main__":
-    hydra_entry(main)
+    run("search")

@@ -43,9 +43,9 @@ from gaprune.pruning.physical import count_macs_params, prune_model
 from gaprune.pruning.plan import Plan, SparsePlan, load_plan, save_plan
 from gaprune.pruning.units import discover_units
 from gaprune.search.fitness import FitnessContext, build_fitness
+from gaprune import CONF_DIR
 from gaprune.utils.errors import GapruneError, one_line
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("fitness", "optimizer", "encoding", "importance", "finetune")  # options that choose a conf/<group>/*.yaml
 ALIASES = {  # short option name -> config key (any other config key may be given by its dotted name)
     "population": "optimizer.params.population", "generations": "optimizer.params.generations",
@@ -68,8 +68,8 @@ def _composing() -> Iterator[None]:
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
     if not (CONF_DIR / "search.yaml").is_file():
-        raise GapruneError(f"gaprune's config folder '{CONF_DIR}' is missing; install gaprune from its repository "
-                           "(pip install -e .) so conf/ sits beside the package")
+        raise GapruneError(f"gaprune's config folder '{CONF_DIR}' is missing; reinstall gaprune (pip install "
+                           "<checkout or wheel>, or pip install -e <checkout>)")
     backup = get_gh_backup()
     GlobalHydra.instance().clear()
     try:

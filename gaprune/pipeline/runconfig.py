@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -195,7 +196,9 @@ def command(resume: Path | None = None) -> str | None:
     kept = [o for o in line if o.split("=", 1)[0].lstrip("+~") != "resume"]
     if resume is not None:
         kept.append(f"resume={resume}")
-    return " ".join(["python", SCRIPTS.get(name, f"{name}.py"), *(shlex.quote(o) for o in kept)])
+    program = Path(sys.argv[0]).name  # gaprune-<task>: the pip-installed command (gaprune.cli)
+    launcher = [program] if program.startswith("gaprune-") else ["python", SCRIPTS.get(name, f"{name}.py")]
+    return " ".join([*launcher, *(shlex.quote(o) for o in kept)])
 
 
 def resume_with(directory: Path) -> str:

@@ -1,0 +1,2 @@
+"""Training, evaluation and KD (`training`), the shared fine-tune job (`finetune`), checkpoints
+(`checkpoint`)."""
