@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from gaprune import CONF_DIR
+from gaprune.utils.conf import CONF_DIR
 JOBS = {  # task (its conf/<task>.yaml) -> the pipeline function that runs it
     "train": "gaprune.pipeline.train:run_train",
     "search": "gaprune.pipeline.search:run_search",
@@ -36,7 +36,8 @@ def run(task: str) -> None:
     def main(cfg: DictConfig) -> None:
         getattr(importlib.import_module(module), function)(cfg)
 
-    sys.argv[1:1] = [f"hydra.job.name={task}"]  # the job's name (its <job>.log), not this module's
+    if not any(arg.startswith("hydra.job.name=") for arg in sys.argv[1:]):
+        sys.argv.append(f"hydra.job.name={task}")  # the job's name (its <job>.log), not this module's
     hydra_entry(main)
 
 

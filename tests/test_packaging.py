@@ -11,15 +11,15 @@ import venv
 
 import pytest
 
-import gaprune
 from gaprune import cli
+from gaprune.utils.conf import CONF_DIR
 from helpers import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
 def test_the_package_carries_every_config():
-    assert gaprune.CONF_DIR == REPO / "gaprune" / "conf" and gaprune.CONF_DIR.resolve() == (REPO / "conf").resolve()
+    assert CONF_DIR == REPO / "gaprune" / "conf" and CONF_DIR.resolve() == (REPO / "conf").resolve()
     patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["gaprune"]
     files = [p.relative_to(REPO / "conf").as_posix() for p in (REPO / "conf").rglob("*") if p.is_file()]
     shipped = [f for f in files if any(fnmatch.fnmatch(f"conf/{f}", pattern) and
@@ -34,7 +34,7 @@ def test_each_console_script_runs_a_job_with_its_config():
         f"gaprune-{task}": f"gaprune.cli:{task}" for task in cli.JOBS}
     for task, runner in cli.JOBS.items():
         module, function = runner.split(":")
-        assert (gaprune.CONF_DIR / f"{task}.yaml").is_file() and callable(getattr(cli, task))
+        assert (CONF_DIR / f"{task}.yaml").is_file() and callable(getattr(cli, task))
         assert callable(getattr(__import__(module, fromlist=[function]), function))
 
 
@@ -61,5 +61,5 @@ def test_a_built_wheel_runs_from_any_directory(tmp_path):
     bad = subprocess.run([str(bin_dir / "gaprune-train"), "seed=-3"], cwd=work, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("gaprune: error: seed=-3")
-    assert str(site) in subprocess.run([str(bin_dir / "python"), "-c", "import gaprune; print(gaprune.CONF_DIR)"],
+    assert str(site) in subprocess.run([str(bin_dir / "python"), "-c", "from gaprune.utils.conf import CONF_DIR; print(CONF_DIR)"],
                                        cwd=work, capture_output=True, text=True, timeout=120).stdout

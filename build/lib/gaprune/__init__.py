@@ -8,10 +8,7 @@ The Python API (`gaprune.api`), importable from here without loading anything un
 `gaprune.api.search` (see gaprune/search/__init__.py).
 """
 
-from pathlib import Path
-
 __version__ = "0.1.0"
-CONF_DIR = Path(__file__).resolve().parent / "conf"  # the configs: a folder in the wheel, a link to conf/ in a checkout
 
 _API = ("prune", "finetune", "config", "save_plan", "load_plan", "Plan", "SearchResult", "FinetuneResult")
 

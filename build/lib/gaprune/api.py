@@ -43,7 +43,7 @@ from gaprune.pruning.physical import count_macs_params, prune_model
 from gaprune.pruning.plan import Plan, SparsePlan, load_plan, save_plan
 from gaprune.pruning.units import discover_units
 from gaprune.search.fitness import FitnessContext, build_fitness
-from gaprune import CONF_DIR
+from gaprune.utils.conf import CONF_DIR
 from gaprune.utils.errors import GapruneError, one_line
 
 GROUPS = ("fitness", "optimizer", "encoding", "importance", "finetune")  # options that choose a conf/<group>/*.yaml
