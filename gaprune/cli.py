@@ -7,7 +7,6 @@ errors into one line (`gaprune.utils.job`).
 from __future__ import annotations
 
 import importlib
-import sys
 
 from gaprune.utils.conf import CONF_DIR
 JOBS = {  # task (its conf/<task>.yaml) -> the pipeline function that runs it
@@ -31,14 +30,11 @@ def run(task: str) -> None:
 
     module, function = JOBS[task].split(":")
 
-    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=task)
-    @exit_on_user_error
-    def main(cfg: DictConfig) -> None:
+    def job(cfg: DictConfig) -> None:
         getattr(importlib.import_module(module), function)(cfg)
 
-    if not any(arg.startswith("hydra.job.name=") for arg in sys.argv[1:]):
-        sys.argv.append(f"hydra.job.name={task}")  # the job's name (its <job>.log), not this module's
-    hydra_entry(main)
+    job.__module__ = f"{__name__}.{task}"  # Hydra names the job after its module's last part: <task>.log
+    hydra_entry(hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=task)(exit_on_user_error(job)))
 
 
 def train() -> None:
