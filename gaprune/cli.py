@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 from gaprune.utils.conf import CONF_DIR
+
 JOBS = {  # task (its conf/<task>.yaml) -> the pipeline function that runs it
     "train": "gaprune.pipeline.train:run_train",
     "search": "gaprune.pipeline.search:run_search",
@@ -38,16 +39,20 @@ def run(task: str) -> None:
 
 
 def train() -> None:
+    """`gaprune-train`: python train.py."""
     run("train")
 
 
 def search() -> None:
+    """`gaprune-search`: python search.py."""
     run("search")
 
 
 def finetune() -> None:
+    """`gaprune-finetune`: python finetune.py."""
     run("finetune")
 
 
 def oneshot() -> None:
+    """`gaprune-oneshot`: python scripts/oneshot.py."""
     run("oneshot")

@@ -4,6 +4,7 @@ four jobs are console scripts (`gaprune.cli`)."""
 from __future__ import annotations
 
 import fnmatch
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -42,8 +43,13 @@ def test_each_console_script_runs_a_job_with_its_config():
 def test_a_built_wheel_runs_from_any_directory(tmp_path):
     """Build the wheel, install it (its dependencies are this environment's) into a fresh venv, and
     run a console script from an empty folder: configs, the torchvision model plugin, one-line errors."""
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
-                            str(REPO)], capture_output=True, text=True, timeout=600)
+    had_build = (REPO / "build").exists()
+    try:
+        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"),
+                                str(REPO)], capture_output=True, text=True, timeout=600)
+    finally:
+        if not had_build:  # setuptools builds in the checkout's build/: leave the checkout as it was
+            shutil.rmtree(REPO / "build", ignore_errors=True)
     assert built.returncode == 0, built.stderr[-2000:]
     venv.create(tmp_path / "env", with_pip=True)
     site = next((tmp_path / "env" / "lib").glob("python3*/site-packages"))

@@ -1,2 +1,0 @@
-"""Training, evaluation and KD (`training`), the shared fine-tune job (`finetune`), checkpoints
-(`checkpoint`)."""
