@@ -7,7 +7,6 @@ import fnmatch
 import shutil
 import subprocess
 import sys
-import tomllib
 import venv
 
 import pytest
@@ -15,6 +14,8 @@ import pytest
 from gaprune import cli
 from gaprune.utils.conf import CONF_DIR
 from helpers import REPO
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (pyproject allows 3.10)
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 
